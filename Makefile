@@ -1,0 +1,38 @@
+# `make test` and `make demo` each set up .venv on a fresh machine, then run.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# CPU machines take the local CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
+TORCH_CPU ?= torch==2.13.0
+ifeq ($(shell command -v nvidia-smi),)
+export DS_ACCELERATOR ?= cpu
+endif
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup test test-fast demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet $(TORCH_CPU); fi
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q --timeout=1500 tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+demo: setup
+	$(VENV)/bin/gptscale presets
+	$(VENV)/bin/gptscale hf-check --model.preset=gpt1 --out runs/demo/hf-gpt1
+	$(VENV)/bin/gptscale hf-check --model.preset=gpt2-124m --out runs/demo/hf-gpt2-124m
+
+bench: setup
+	$(PY) bench/model_speed.py
+
+clean:
+	rm -rf $(VENV) runs/demo .pytest_cache

@@ -1,0 +1,473 @@
+"""Typed run configuration: one dataclass per concern, named model presets, file + CLI overrides.
+
+Precedence (lowest first): dataclass defaults < model preset < YAML/JSON file < ``--section.key=value``.
+
+    cfg, rest = load_config(["--config", "run.yaml", "--model.preset=gpt2-124m", "--train.lr=3e-4"])
+
+Every field carries a docstring (the string literal under it); ``field_docs`` reads them back for
+``gptscale config --help-keys`` and for error messages. An unknown or mistyped key is a ``ConfigError``
+naming the key, where it came from, and the nearest valid keys.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import json
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+
+class ConfigError(ValueError):
+    """A bad key or value in a config file or on the command line."""
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class ModelConfig:
+    """Shapes and block type of the GPT decoder. Travels inside every checkpoint and export."""
+
+    preset: str = "gpt1"
+    """Name in PRESETS this model started from (the loader fills every other model key from it)."""
+    vocab_size: int = 40478
+    """Rows of the token embedding (and columns of the tied LM head)."""
+    n_ctx: int = 512
+    """Context length: number of learned position embeddings, the longest sequence the model takes."""
+    n_layer: int = 12
+    """Number of transformer blocks."""
+    n_head: int = 12
+    """Attention heads per block; d_model must be divisible by it."""
+    d_model: int = 768
+    """Width of the residual stream (HF: n_embd)."""
+    d_ff: int = 3072
+    """Hidden width of the position-wise MLP (4 * d_model in GPT-1/2/3)."""
+    ln_position: Literal["post", "pre"] = "post"
+    """'post': LayerNorm after each residual add, no final LN (GPT-1). 'pre': LN before attention and
+    MLP inside the residual branch plus a final LN (GPT-2/3)."""
+    activation: Literal["gelu_tanh", "gelu"] = "gelu_tanh"
+    """MLP non-linearity: 'gelu_tanh' is the tanh approximation GPT-1/2 used (HF 'gelu_new');
+    'gelu' is the exact erf form (HF 'gelu')."""
+    dropout: float = 0.1
+    """Dropout on embeddings, attention probabilities and residual branches (GPT-1: 0.1)."""
+    layer_norm_eps: float = 1e-5
+    """Epsilon of every LayerNorm."""
+    tie_embeddings: bool = True
+    """Share the token embedding matrix with the LM head (GPT-1/2)."""
+    init_std: float = 0.02
+    """Std of the N(0, std) init of linear and embedding weights."""
+    scale_residual_init: bool = False
+    """GPT-2 init: residual output projections get std init_std / sqrt(2 * n_layer)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward instead of storing them (training only)."""
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "n_ctx", "n_layer", "n_head", "d_model", "d_ff"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key} must be > 0, got {getattr(self, key)}")
+        if self.d_model % self.n_head:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}; "
+                f"pick n_head among {[h for h in range(1, 129) if self.d_model % h == 0][-6:]}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+def _gpt2(n_layer: int, d_model: int, n_head: int, n_ctx: int = 1024) -> dict[str, Any]:
+    return dict(
+        vocab_size=50257, n_ctx=n_ctx, n_layer=n_layer, n_head=n_head, d_model=d_model,
+        d_ff=4 * d_model, ln_position="pre", activation="gelu_tanh", dropout=0.1,
+        tie_embeddings=True, init_std=0.02, scale_residual_init=True,
+    )
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # GPT-1 (Radford et al. 2018): post-LN, learned positions, 40478-token BPE vocab.
+    "gpt1": dict(
+        vocab_size=40478, n_ctx=512, n_layer=12, n_head=12, d_model=768, d_ff=3072,
+        ln_position="post", activation="gelu_tanh", dropout=0.1, tie_embeddings=True,
+        init_std=0.02, scale_residual_init=False,
+    ),
+    # GPT-2 (Radford et al. 2019), pre-LN.
+    "gpt2-124m": _gpt2(12, 768, 12),
+    "gpt2-350m": _gpt2(24, 1024, 16),
+    "gpt2-774m": _gpt2(36, 1280, 20),
+    "gpt2-1.5b": _gpt2(48, 1600, 25),
+    # GPT-3 (Brown et al. 2020, Table 2.1) shapes, dense attention, GPT-2 vocab, context 2048.
+    "1.3b": _gpt2(24, 2048, 16, n_ctx=2048),
+    "2.7b": _gpt2(32, 2560, 32, n_ctx=2048),
+    "6.7b": _gpt2(32, 4096, 32, n_ctx=2048),
+    # The paper's table lists d_model 5140, which 40 heads of 128 cannot give: 5120 is what was trained.
+    "13b": _gpt2(40, 5120, 40, n_ctx=2048),
+    # Seconds-fast shapes for tests and smoke runs, one per block order.
+    "gpt1-tiny": dict(
+        vocab_size=512, n_ctx=64, n_layer=2, n_head=4, d_model=64, d_ff=256, ln_position="post",
+        activation="gelu_tanh", dropout=0.1, tie_embeddings=True, init_std=0.02,
+        scale_residual_init=False,
+    ),
+    "gpt2-tiny": dict(_gpt2(2, 64, 4, n_ctx=64), vocab_size=512),
+}
+
+
+# ------------------------------------------------------------------------------------ other sections
+
+
+@dataclass
+class DataConfig:
+    """Where pre-training tokens come from and how they are streamed."""
+
+    shards: str = ""
+    """Folder or URI (local path, s3://...) holding manifest.json and the Arrow token shards."""
+    tokenizer: str = ""
+    """Tokenizer folder the shards were made with (checked against the manifest's tokenizer hash)."""
+    seq_len: int = 512
+    """Tokens per training sequence; must be <= model.n_ctx."""
+    seed: int = 1234
+    """Seed of the global shuffle order (same order whatever the world size)."""
+    num_workers: int = 1
+    """DataLoader worker processes per rank."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, checkpointing and logging of a pre-training run."""
+
+    run_dir: str = "runs/default"
+    """One folder per run: resolved config, logs, TensorBoard events and checkpoints."""
+    ds_config: str = "ds_configs/zero2.json"
+    """DeepSpeed-only settings (ZeRO stage, offload); batch, lr and precision come from this config."""
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    """Training precision (fp16 uses dynamic loss scaling)."""
+    micro_batch_size: int = 8
+    """Sequences per rank per forward/backward."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    global_batch_size: int | None = None
+    """If set, checked to equal micro_batch_size * grad_accum_steps * data-parallel size at start."""
+    lr: float = 2.5e-4
+    """Peak learning rate (GPT-1: 2.5e-4)."""
+    min_lr: float = 0.0
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 2000
+    """Linear warm-up updates from 0 to lr (GPT-1: 2000)."""
+    max_steps: int = 100_000
+    """Optimizer steps to train for."""
+    max_tokens: int | None = None
+    """If set, stop once this many tokens were consumed (whichever of max_steps/max_tokens comes first)."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay on weight matrices and embeddings (not on biases or LayerNorm gains)."""
+    beta1: float = 0.9
+    """Adam beta1."""
+    beta2: float = 0.999
+    """Adam beta2."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    seed: int = 1234
+    """Seed of parameter init and dropout."""
+    log_interval: int = 10
+    """Optimizer steps between console/TensorBoard log lines."""
+    eval_interval: int = 1000
+    """Steps between evaluations on the validation shards (0 disables)."""
+    eval_steps: int = 50
+    """Validation batches per evaluation."""
+    checkpoint_interval: int = 1000
+    """Steps between checkpoints (one is always written at the end)."""
+    keep_last: int = 3
+    """Checkpoints kept in the run folder; older ones are deleted after a new one is complete."""
+    peak_tflops: float | None = None
+    """Peak dense TFLOP/s of one device for MFU; None picks a per-device default."""
+
+
+@dataclass
+class FinetuneConfig:
+    """GPT-1 discriminative fine-tuning (paper section 3.2 and 4.1 recipe)."""
+
+    task: str = "rte"
+    """Task name (rte, sst2, cola, mrpc, stsb, qqp, mnli, qnli, wnli, snli, scitail, race, ...)."""
+    data_dir: str = ""
+    """Folder with the task's local files (GLUE TSV layout etc.); empty means the Hub dataset."""
+    init: str = ""
+    """Pre-training run, checkpoint, export folder or local HF folder to start from; 'none': scratch."""
+    lr: float = 6.25e-5
+    """Peak learning rate (GPT-1: 6.25e-5)."""
+    batch_size: int = 32
+    """Global batch size in examples (GPT-1: 32)."""
+    epochs: int = 3
+    """Passes over the training split (GPT-1: 3)."""
+    warmup_fraction: float = 0.002
+    """Fraction of training spent in linear warm-up before linear decay (GPT-1: 0.2%)."""
+    lm_coef: float = 0.5
+    """Weight lambda of the auxiliary LM loss in L2 + lambda * L1 (0 disables)."""
+    clf_dropout: float = 0.1
+    """Dropout before the classifier head."""
+    train_samples: int | None = None
+    """If set, fine-tune on a seeded subset of this many training examples (few-shot)."""
+    transfer_layers: int | None = None
+    """If set, copy only the first k pre-trained blocks; the rest start from random init."""
+    seed: int = 42
+    """Seed of head init, dropout and data order."""
+
+
+@dataclass
+class RunConfig:
+    """Everything one run reads; each section is one concern."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The decoder's shapes (model.preset fills the rest)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Pre-training data."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation and run bookkeeping."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """Fine-tuning task and recipe."""
+
+
+SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(RunConfig)[f.name] for f in dataclasses.fields(RunConfig)}
+
+
+# --------------------------------------------------------------------------------- docs and typing
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Convert a file or CLI value to the field's type, or raise naming key, source and type."""
+    def bad(extra: str = "") -> ConfigError:
+        return ConfigError(
+            f"{where}: {key}={value!r} is not a valid {_type_name(tp)}{extra}"
+        )
+
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError:
+                pass
+        raise bad()
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        raise bad(f"; choose one of {list(choices)}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise bad(" (use true or false)")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                try:
+                    f = float(value)  # "1e6"
+                    if f.is_integer():
+                        return int(f)
+                except ValueError:
+                    pass
+        raise bad()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise bad()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad()
+    return value
+
+
+def _unknown_key(key: str, valid: list[str], where: str, prefix: str = "") -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""
+    return ConfigError(
+        f"{where}: unknown key {prefix + key!r}{hint} (valid keys: {', '.join(prefix + v for v in valid)})"
+    )
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def build_section(cls: type, values: dict[str, tuple[Any, str]], section: str) -> Any:
+    """Make one section dataclass from {key: (raw value, where it came from)}, preset first."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    if cls is ModelConfig and "preset" in values:
+        name, where = values["preset"]
+        if name not in PRESETS:
+            close = difflib.get_close_matches(str(name), list(PRESETS), n=3)
+            raise ConfigError(
+                f"{where}: unknown model.preset {name!r}"
+                + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
+                + f" (presets: {', '.join(PRESETS)})"
+            )
+        kwargs.update(PRESETS[name])
+        kwargs["preset"] = name
+    for key, (raw, where) in values.items():
+        if key not in names:
+            raise _unknown_key(key, names, where, prefix=f"{section}.")
+        if key != "preset":
+            kwargs[key] = _coerce(raw, hints[key], f"{section}.{key}", where)
+    return cls(**kwargs)
+
+
+def model_config(preset: str = "gpt1", **overrides: Any) -> ModelConfig:
+    """A ModelConfig from a named preset with keyword overrides (checked like file keys)."""
+    values = {"preset": (preset, "model_config()")}
+    values.update({k: (v, "model_config()") for k, v in overrides.items()})
+    return build_section(ModelConfig, values, "model")
+
+
+def read_config_file(path: str | Path) -> dict[str, dict[str, tuple[Any, str]]]:
+    """Parse a YAML or JSON run config into {section: {key: (value, 'file')}}."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ConfigError(f"{path}: cannot parse: {e}") from e
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections ({', '.join(SECTIONS)})")
+    out: dict[str, dict[str, tuple[Any, str]]] = {}
+    for section, body in data.items():
+        if section not in SECTIONS:
+            raise _unknown_key(str(section), list(SECTIONS), str(path))
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: section {section!r} must be a mapping of key: value")
+        out[section] = {str(k): (v, str(path)) for k, v in body.items()}
+    return out
+
+
+def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, dict[str, tuple[Any, str]]], list[str]]:
+    """Split argv into (--config file, dotted overrides by section, remaining args).
+
+    Accepts ``--section.key=value`` and ``--section.key value``; arguments without a dot in the flag name
+    (e.g. ``--local_rank=0``, ``--task rte``) are returned untouched for the entry point's own parser.
+    """
+    config_file: str | None = None
+    overrides: dict[str, dict[str, tuple[Any, str]]] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name == "--config":
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ConfigError("--config needs a file path")
+                i += 1
+                value = argv[i]
+            config_file = value
+        elif name.startswith("--") and "." in name[2:]:
+            if not eq:
+                if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                    raise ConfigError(f"{name} needs a value: {name}=VALUE")
+                i += 1
+                value = argv[i]
+            section, _, key = name[2:].partition(".")
+            if section not in SECTIONS:
+                raise _unknown_key(section, list(SECTIONS), f"flag {name}")
+            overrides.setdefault(section, {})[key] = (value, f"flag {name}")
+        else:
+            rest.append(arg)
+        i += 1
+    return config_file, overrides, rest
+
+
+def load_config(argv: list[str] | None = None) -> tuple[RunConfig, list[str]]:
+    """Resolve defaults < preset < file < CLI into a RunConfig; return it with the unparsed args."""
+    config_file, overrides, rest = parse_overrides(list(argv or []))
+    layers = [read_config_file(config_file)] if config_file else []
+    layers.append(overrides)
+    sections = {}
+    for section, cls in SECTIONS.items():
+        merged: dict[str, tuple[Any, str]] = {}
+        for layer in layers:
+            merged.update(layer.get(section, {}))
+        sections[section] = build_section(cls, merged, section)
+    return RunConfig(**sections), rest
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain dict of a config dataclass (for YAML/JSON dumps and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "dict") -> Any:
+    """Rebuild a section (e.g. ModelConfig from a checkpoint) with the same key and type checks.
+
+    A stored config is complete, so every key is taken as written; a preset name is kept as a label.
+    """
+    section = {v: k for k, v in SECTIONS.items()}.get(cls, cls.__name__)
+    obj = build_section(cls, {k: (v, where) for k, v in data.items() if k != "preset"}, section)
+    return dataclasses.replace(obj, preset=str(data["preset"])) if "preset" in data else obj
+
+
+def dump_yaml(cfg: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

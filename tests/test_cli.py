@@ -1,0 +1,54 @@
+"""The `gptscale` console script, run as a user runs it (a real subprocess)."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+GPTSCALE = [shutil.which("gptscale")] if shutil.which("gptscale") else [sys.executable, "-m", "gptscale"]
+
+
+def run(*args, check=True):
+    p = subprocess.run([*GPTSCALE, *args], capture_output=True, text=True, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stdout + p.stderr)
+    return p
+
+
+def test_typo_names_the_key():
+    p = run("config", "--model.n_layr=4", check=False)
+    assert p.returncode == 2
+    assert "n_layr" in p.stderr and "model.n_layer" in p.stderr
+
+
+def test_config_prints_resolved_yaml(tmp_path):
+    import yaml
+
+    f = tmp_path / "run.yaml"
+    f.write_text("model:\n  preset: gpt2-350m\ntrain:\n  lr: 1.0e-4\n")
+    out = yaml.safe_load(run("config", "--config", str(f), "--train.lr=6e-4").stdout)
+    assert out["model"]["d_model"] == 1024 and out["train"]["lr"] == 6e-4
+
+
+def test_config_keys_lists_docs():
+    out = run("config", "--keys").stdout
+    assert "model.ln_position: 'post': LayerNorm after each residual add" in out
+
+
+def test_presets_table():
+    out = run("presets").stdout
+    line = next(l for l in out.splitlines() if l.startswith("gpt2-124m"))
+    assert "124.4M" in line
+
+
+def test_unknown_command():
+    p = run("pretrian", check=False)
+    assert p.returncode == 2 and "unknown command" in p.stderr
+
+
+@pytest.mark.parametrize("preset", ["gpt1-tiny", "gpt2-tiny"])
+def test_hf_check(tmp_path, preset):
+    p = run("hf-check", f"--model.preset={preset}", "--out", str(tmp_path / "hf"))
+    assert "greedy tokens equal: True" in p.stdout
+    assert (tmp_path / "hf" / "model.safetensors").is_file()

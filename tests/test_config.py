@@ -1,0 +1,91 @@
+"""Config: precedence, presets, and errors that name the key and its nearest valid spelling."""
+
+import json
+
+import pytest
+import torch
+
+from gptscale.config import (
+    PRESETS, ConfigError, ModelConfig, RunConfig, field_docs, from_dict, load_config, model_config, to_dict,
+)
+from gptscale.model import GPT
+
+
+def test_defaults_file_cli_precedence(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("model:\n  preset: gpt2-124m\n  n_layer: 6\ntrain:\n  lr: 1e-4\n  max_steps: 50\n")
+    cfg, rest = load_config(["--config", str(f), "--train.lr=3e-4", "--model.dropout", "0.0", "--local_rank=1"])
+    assert rest == ["--local_rank=1"]  # non-dotted flags are left for the entry point
+    assert cfg.model.preset == "gpt2-124m"
+    assert cfg.model.n_layer == 6  # file beats preset
+    assert cfg.model.d_model == 768 and cfg.model.ln_position == "pre"  # preset beats defaults
+    assert cfg.model.dropout == 0.0  # CLI beats preset
+    assert cfg.train.lr == 3e-4  # CLI beats file
+    assert cfg.train.max_steps == 50  # file beats default
+    assert cfg.train.beta1 == 0.9  # default
+
+
+def test_json_file_and_yaml_exponent_strings(tmp_path):
+    f = tmp_path / "run.json"
+    f.write_text(json.dumps({"train": {"lr": "2.5e-4", "max_tokens": "1e9"}}))
+    cfg, _ = load_config(["--config=" + str(f)])
+    assert cfg.train.lr == 2.5e-4 and cfg.train.max_tokens == 10**9
+
+
+@pytest.mark.parametrize(
+    "argv, must_name",
+    [
+        (["--model.n_layr=4"], "model.n_layer"),
+        (["--modle.n_layer=4"], "model"),
+        (["--train.learning_rate=1e-3"], "train.lr"),
+        (["--model.preset=gpt2-125m"], "gpt2-124m"),
+        (["--model.ln_position=pos"], "'post'"),
+        (["--model.n_layer=four"], "model.n_layer"),
+        (["--model.tie_embeddings=maybe"], "true or false"),
+        (["--model.d_model=100", "--model.n_head=12"], "model.n_head"),
+    ],
+)
+def test_cli_errors_name_the_fix(argv, must_name):
+    with pytest.raises(ConfigError) as e:
+        load_config(argv)
+    assert must_name in str(e.value)
+
+
+def test_file_typo_names_file_and_key(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("model:\n  d_modle: 512\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(["--config", str(f)])
+    assert str(f) in str(e.value) and "model.d_model" in str(e.value)
+
+
+def test_every_field_has_a_docstring():
+    for cls in (RunConfig, *(type(getattr(RunConfig(), s)) for s in ("model", "data", "train", "finetune"))):
+        names = [f for f in cls.__dataclass_fields__]
+        docs = field_docs(cls)
+        assert set(names) == set(docs), f"{cls.__name__}: undocumented {set(names) - set(docs)}"
+
+
+def test_gpt1_preset_is_the_paper():
+    c = model_config("gpt1")
+    assert (c.n_layer, c.d_model, c.n_head, c.d_ff, c.n_ctx, c.vocab_size) == (12, 768, 12, 3072, 512, 40478)
+    assert c.ln_position == "post" and c.activation == "gelu_tanh" and c.dropout == 0.1
+    assert c.tie_embeddings and c.init_std == 0.02
+
+
+# Published parameter counts: GPT-2 (HF GPT2LMHeadModel.num_parameters()) and GPT-3 Table 2.1 (rounded).
+@pytest.mark.parametrize("preset, expected, rel", [
+    ("gpt2-124m", 124_439_808, 0), ("gpt2-350m", 354_823_168, 0), ("gpt2-774m", 774_030_080, 0),
+    ("gpt2-1.5b", 1_557_611_200, 0), ("1.3b", 1.3e9, 0.02), ("2.7b", 2.7e9, 0.02), ("6.7b", 6.7e9, 0.02),
+    ("13b", 13.0e9, 0.02),
+])
+def test_preset_sizes(preset, expected, rel):
+    with torch.device("meta"):
+        n = GPT(model_config(preset)).num_params()
+    assert abs(n - expected) <= rel * expected, (preset, n)
+
+
+def test_all_presets_build_and_roundtrip_through_dict():
+    for name in PRESETS:
+        c = model_config(name)
+        assert from_dict(ModelConfig, to_dict(c)) == c
