@@ -4,6 +4,8 @@
     gptscale presets                                           list model presets with sizes
     gptscale hf-check [--out DIR] [--model.key=value ...]      export a model to a Hugging Face folder and
                                                                check it against transformers' own model
+    gptscale tokenizer train --input ... --vocab-size N --out DIR   train a sentencepiece BPE tokenizer
+    gptscale shard --input ... --tokenizer DIR --out DIR        tokenize a corpus into Arrow token shards
 """
 
 from __future__ import annotations
@@ -69,7 +71,25 @@ def cmd_hf_check(argv: list[str]) -> int:
     return 0 if report["max_abs_diff"] <= args.tol and report["generate_equal"] else 1
 
 
-COMMANDS = {"config": cmd_config, "presets": cmd_presets, "hf-check": cmd_hf_check}
+def cmd_tokenizer(argv: list[str]) -> int:
+    """Tokenizer tools: `gptscale tokenizer train ...`."""
+    from gptscale.tokenizer import cli_train
+
+    if not argv or argv[0] != "train":
+        print("usage: gptscale tokenizer train --input FILES... --vocab-size N --out DIR  (train --help for more)",
+              file=sys.stderr)
+        return 2
+    return cli_train(argv[1:])
+
+
+def cmd_shard(argv: list[str]) -> int:
+    from gptscale.data.shards import cli_shard
+
+    return cli_shard(argv)
+
+
+COMMANDS = {"config": cmd_config, "presets": cmd_presets, "hf-check": cmd_hf_check, "tokenizer": cmd_tokenizer,
+            "shard": cmd_shard}
 
 
 def main(argv: list[str] | None = None) -> int:
