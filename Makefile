@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # CPU machines take the local CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
+DATA      ?= ../shared/data
 ifeq ($(shell command -v nvidia-smi),)
 export DS_ACCELERATOR ?= cpu
 endif
@@ -27,12 +28,17 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
 demo: setup
+	test -d $(DATA)/corpus/gutenberg || { echo "make demo: $(DATA)/corpus/gutenberg not found; pass DATA=<shared data folder>"; exit 1; }
+	$(VENV)/bin/gptscale tokenizer train --input $(DATA)/corpus/gutenberg --vocab-size 8000 --out runs/demo/tok --gutenberg
+	$(VENV)/bin/gptscale shard --input $(DATA)/corpus/gutenberg --tokenizer runs/demo/tok --out runs/demo/shards \
+		--seq-len 512 --val-fraction 0.01 --gutenberg
 	$(VENV)/bin/gptscale presets
 	$(VENV)/bin/gptscale hf-check --model.preset=gpt1 --out runs/demo/hf-gpt1
 	$(VENV)/bin/gptscale hf-check --model.preset=gpt2-124m --out runs/demo/hf-gpt2-124m
 
 bench: setup
 	$(PY) bench/model_speed.py
+	$(PY) bench/data.py
 
 clean:
 	rm -rf $(VENV) runs/demo .pytest_cache

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptscale.config import PRESETS, RunConfig, ConfigError, SECTIONS, dump_yaml, field_docs, load_config, model_config
+from gptscale.config import PRESETS, ConfigError, SECTIONS, dump_yaml, field_docs, load_config, model_config
 
 
 def cmd_config(argv: list[str]) -> int:

@@ -127,18 +127,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class DataConfig:
-    """Where pre-training tokens come from and how they are streamed."""
+    """Where pre-training tokens come from and how they are streamed (gptscale.data.ShardStream)."""
 
     shards: str = ""
-    """Folder or URI (local path, s3://...) holding manifest.json and the Arrow token shards."""
+    """Shard set written by `gptscale shard`: a folder or URI (s3://bucket/prefix). Several are mixed by
+    weight with 'uri=weight,uri=weight'."""
     tokenizer: str = ""
-    """Tokenizer folder the shards were made with (checked against the manifest's tokenizer hash)."""
+    """Tokenizer folder; its hash must match the one in the shards' manifest.json."""
     seq_len: int = 512
-    """Tokens per training sequence; must be <= model.n_ctx."""
+    """Tokens per training sequence; must equal the shards' seq_len and be <= model.n_ctx."""
     seed: int = 1234
-    """Seed of the global shuffle order (same order whatever the world size)."""
-    num_workers: int = 1
-    """DataLoader worker processes per rank."""
+    """Seed of the global shuffle order (the same order whatever the world size)."""
+    shuffle_window: int = 8
+    """Shards whose samples are shuffled together (more: better mixing, more memory for the order)."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank (0: batches are built in the training process, a few row
+    copies each; workers add inter-process copies)."""
+    verify_shards: bool = True
+    """sha256-check each shard against manifest.json when first opened (false skips the read)."""
 
 
 @dataclass

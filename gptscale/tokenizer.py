@@ -25,13 +25,13 @@ import io
 import json
 import os
 import random
-import secrets
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gptscale.files import atomic_write_bytes
 from gptscale.data.corpus import ERRORS, CorpusError, expand_inputs, read_source
 
 SPECIALS = {"pad": "<pad>", "eod": "<|endoftext|>", "start": "<|start|>", "delim": "<|delim|>",
@@ -49,26 +49,6 @@ HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens
 
 class TokenizerError(ValueError):
     """A tokenizer that cannot be trained or loaded; the message names the path and the fix."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temp file in the same folder, then ``os.replace`` it onto ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # plain open: the file gets the umask's permissions
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------------- tokenizer
@@ -312,8 +292,8 @@ def train_tokenizer(inputs: list[str], out_dir: str | Path, vocab_size: int, *, 
             "special_ids": _special_ids(model),
             "special_tokens": dict(SPECIALS), "hash": hashlib.sha256(model).hexdigest(), "trained_on": sources,
             "sample_sentences": sample_sentences, "seed": seed}
-    write_atomic(out / MODEL_FILE, model)
-    write_atomic(out / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(out / MODEL_FILE, model)
+    atomic_write_bytes(out / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     return Tokenizer.load(out)
 
 

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 
 from conftest import SHARD_ARGS, run_cli
 from gptscale.data.corpus import iter_documents
-from gptscale.data.manifest import sha256_file
+from gptscale.files import sha256_file
 from gptscale.data.shards import is_val, write_shards
 from gptscale.tokenizer import Tokenizer
 

@@ -2,7 +2,6 @@
 
 import socket
 
-import numpy as np
 import pyarrow.fs as pafs
 import pytest
 import torch

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from gptscale.data.manifest import FORMAT, VERSION, atomic_write_bytes, atomic_write_json, sha256_file
+from gptscale.data.manifest import FORMAT, VERSION
+from gptscale.files import atomic_write_bytes, atomic_write_json, sha256_file
 from gptscale.tokenizer import Tokenizer
 
 # Documents per worker task: up to TASK_CHARS characters (at least one document), fixed, so the output does

@@ -33,7 +33,8 @@ import pyarrow.fs as pafs
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gptscale.data.manifest import ShardError, read_manifest, sha256_file
+from gptscale.data.manifest import ShardError, read_manifest
+from gptscale.files import sha256_file
 
 STATE_VERSION = 1
 MIX_PERIOD = 1000  # positions per repeat of the weighted mixing schedule
@@ -218,6 +219,9 @@ class ShardStream(IterableDataset):
     def batch_at(self, first: int, count: int | None = None) -> torch.Tensor:
         """The rows at positions [first, first + count) as an int64 tensor (count, seq_len + 1)."""
         count = self.batch_size if count is None else count
+        fast = self._batch_in_one_window(first, count) if len(self.sources) == 1 else None
+        if fast is not None:
+            return fast
         src, ids = self.locate(np.arange(first, first + count, dtype=np.int64))
         out = np.empty((count, self.row_len), dtype=np.int64)
         for s in np.unique(src):
@@ -227,6 +231,20 @@ class ShardStream(IterableDataset):
             for sh in np.unique(shard):
                 m = shard == sh
                 out[sel[m]] = self._rows(int(s), int(sh))[ids[sel][m] - source.offsets[sh]]
+        return torch.from_numpy(out)
+
+    def _batch_in_one_window(self, first: int, count: int) -> torch.Tensor | None:
+        """Fast path (one source, batch inside one shuffle window): row copies straight from the maps."""
+        epoch, i0 = divmod(first, self.sources[0].n)
+        _, win_start = self._epoch_plan(0, epoch)
+        w = int(np.searchsorted(win_start, i0, side="right")) - 1
+        j0 = i0 - int(win_start[w])
+        if i0 + count > win_start[w + 1]:
+            return None
+        _, shard, row = self._window(0, epoch, w)
+        out = np.empty((count, self.row_len), dtype=np.int64)
+        for j in range(count):
+            out[j] = self._rows(0, shard[j0 + j])[row[j0 + j]]
         return torch.from_numpy(out)
 
     # ---------------------------------------------------------------------------------- ordering
@@ -246,22 +264,25 @@ class ShardStream(IterableDataset):
             self._epochs[key] = (order, np.concatenate([[0], np.cumsum(win_sizes)]))
         return self._epochs[key]
 
-    def _window_ids(self, s: int, epoch: int, w: int) -> np.ndarray:
+    def _window(self, s: int, epoch: int, w: int) -> tuple[np.ndarray, list[int], list[int]]:
+        """Window w of an epoch: (sample ids in order, shard of each, row of each)."""
         key = (s, epoch, w)
-        ids = self._windows.get(key)
-        if ids is None:
+        win = self._windows.get(key)
+        if win is None:
             src = self.sources[s]
             order, _ = self._epoch_plan(s, epoch)
             group = order[w * self.shuffle_window:(w + 1) * self.shuffle_window]
             ids = np.concatenate([np.arange(src.offsets[sh], src.offsets[sh + 1]) for sh in group])
             if self.shuffle:
                 ids = np.random.default_rng([self.seed, s, epoch, w, 1]).permutation(ids)
-            self._windows[key] = ids
+            shard = np.searchsorted(src.offsets, ids, side="right") - 1
+            win = (ids, shard.tolist(), (ids - src.offsets[shard]).tolist())  # lists: fast per-row access
+            self._windows[key] = win
             while len(self._windows) > 2 * len(self.sources) + 2:
                 self._windows.popitem(last=False)
             nxt = order[(w + 1) * self.shuffle_window:(w + 2) * self.shuffle_window]
             self._prefetch(s, [int(x) for x in nxt])
-        return ids
+        return win
 
     def _sample_ids(self, s: int, p: np.ndarray) -> np.ndarray:
         """Source positions -> sample ids (global row index within source s)."""
@@ -275,7 +296,7 @@ class ShardStream(IterableDataset):
             res = np.empty(int(me.sum()), np.int64)
             for wi in np.unique(w):
                 mw = w == wi
-                res[mw] = self._window_ids(s, int(e), int(wi))[i[me][mw] - win_start[wi]]
+                res[mw] = self._window(s, int(e), int(wi))[0][i[me][mw] - win_start[wi]]
             out[me] = res
         return out
 
@@ -322,11 +343,9 @@ class ShardStream(IterableDataset):
     def _rows(self, s: int, sh: int) -> np.ndarray:
         """(sequences, row_len) memory-mapped array of one shard."""
         key = (s, sh)
-        with self._lock:
-            arr = self._open.get(key)
-            if arr is not None:
-                self._open.move_to_end(key)
-                return arr
+        arr = self._open.get(key)  # evicted first-in first-out: windows move through the shards in order
+        if arr is not None:
+            return arr
         path = self._local_path(s, sh)
         meta = self.sources[s].shards[sh]
         try:
