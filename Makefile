@@ -4,7 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # CPU machines take the local CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
-DATA      ?= ../shared/data
+DATA      ?= $(or $(GPTSCALE_DATA),../shared/data)
+NPROC     ?= 2
+PORT      ?= 29533
 ifeq ($(shell command -v nvidia-smi),)
 export DS_ACCELERATOR ?= cpu
 endif
@@ -31,10 +33,12 @@ demo: setup
 	test -d $(DATA)/corpus/gutenberg || { echo "make demo: $(DATA)/corpus/gutenberg not found; pass DATA=<shared data folder>"; exit 1; }
 	$(VENV)/bin/gptscale tokenizer train --input $(DATA)/corpus/gutenberg --vocab-size 8000 --out runs/demo/tok --gutenberg
 	$(VENV)/bin/gptscale shard --input $(DATA)/corpus/gutenberg --tokenizer runs/demo/tok --out runs/demo/shards \
-		--seq-len 512 --val-fraction 0.01 --gutenberg
-	$(VENV)/bin/gptscale presets
-	$(VENV)/bin/gptscale hf-check --model.preset=gpt1 --out runs/demo/hf-gpt1
-	$(VENV)/bin/gptscale hf-check --model.preset=gpt2-124m --out runs/demo/hf-gpt2-124m
+		--seq-len 256 --val-fraction 0.01 --gutenberg
+	rm -rf runs/demo/run
+	$(VENV)/bin/deepspeed --num_gpus $(NPROC) --master_port $(PORT) gptscale/pretrain.py --config gptscale/configs/demo.yaml
+	$(VENV)/bin/gptscale export runs/demo/run --out runs/demo/hf --overwrite --verify
+	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir runs/demo/run/tb"
+	@echo "Hugging Face export: runs/demo/hf (transformers.AutoModelForCausalLM.from_pretrained('runs/demo/hf'))"
 
 bench: setup
 	$(PY) bench/model_speed.py

@@ -6,6 +6,9 @@
                                                                check it against transformers' own model
     gptscale tokenizer train --input ... --vocab-size N --out DIR   train a sentencepiece BPE tokenizer
     gptscale shard --input ... --tokenizer DIR --out DIR        tokenize a corpus into Arrow token shards
+    gptscale pretrain --config FILE [--section.key=value ...]   pre-train with DeepSpeed (also: deepspeed
+                                                               gptscale/pretrain.py, torchrun, srun)
+    gptscale export RUN_OR_CKPT --out DIR                       checkpoint -> Hugging Face folder
 """
 
 from __future__ import annotations
@@ -88,8 +91,20 @@ def cmd_shard(argv: list[str]) -> int:
     return cli_shard(argv)
 
 
+def cmd_pretrain(argv: list[str]) -> int:
+    from gptscale.pretrain import cli
+
+    return cli(argv)
+
+
+def cmd_export(argv: list[str]) -> int:
+    from gptscale.export import cli_export
+
+    return cli_export(argv)
+
+
 COMMANDS = {"config": cmd_config, "presets": cmd_presets, "hf-check": cmd_hf_check, "tokenizer": cmd_tokenizer,
-            "shard": cmd_shard}
+            "shard": cmd_shard, "pretrain": cmd_pretrain, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

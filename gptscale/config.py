@@ -196,7 +196,9 @@ class TrainConfig:
     keep_last: int = 3
     """Checkpoints kept in the run folder; older ones are deleted after a new one is complete."""
     peak_tflops: float | None = None
-    """Peak dense TFLOP/s of one device for MFU; None picks a per-device default."""
+    """Peak dense TFLOP/s of one device for MFU; None picks a per-device default (H100 bf16: 989)."""
+    max_bad_steps: int = 5
+    """Non-finite losses in a row that stop the run (each one is skipped on every rank and counted)."""
 
 
 @dataclass

@@ -396,9 +396,12 @@ class ShardLoader:
     def __iter__(self):
         stream = self.stream
         stream._start, stream._steps = stream.position, 0
+        # Its own generator: a DataLoader iterator otherwise draws from the global torch RNG, which would
+        # shift dropout masks after a resume (the iterator is created at a different point of the run).
         dl = DataLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                         prefetch_factor=self.prefetch_factor if self.num_workers else None,
-                        multiprocessing_context="fork" if self.num_workers else None)
+                        multiprocessing_context="fork" if self.num_workers else None,
+                        generator=torch.Generator().manual_seed(0))
         start = stream._start
         for k, batch in enumerate(dl):
             stream._start, stream._steps = start, k + 1

@@ -1,0 +1,159 @@
+"""The one place where the run config meets DeepSpeed.
+
+ds_configs/*.json hold DeepSpeed-only settings (ZeRO stage, offload, buckets). Batch sizes, accumulation,
+learning rate, optimizer, clipping and precision come from the run config and are filled in here
+(DeepSpeed "auto" style); a ds_configs file that sets one of them, or sets something DeepSpeed would
+silently ignore, is an error naming the file and key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptscale.config import TrainConfig
+
+# Keys the run config owns -> the run-config key to use instead.
+RUN_CONFIG_KEYS = {
+    "train_batch_size": "train.micro_batch_size / train.grad_accum_steps (global batch is derived)",
+    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.grad_accum_steps",
+    "gradient_clipping": "train.grad_clip",
+    "optimizer": "train.lr / train.beta1 / train.beta2 / train.eps / train.weight_decay",
+    "scheduler": "train.warmup_steps / train.max_steps / train.min_lr",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+}
+
+
+class DSConfigError(ValueError):
+    """A ds_configs file that cannot be used as written."""
+
+
+def load_ds_config(path: str | Path) -> dict[str, Any]:
+    """Read a ds_configs JSON, drop documentation keys (leading '_'), and check it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DSConfigError(f"train.ds_config={str(path)!r}: no such file (see ds_configs/ for the provided ones)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DSConfigError(f"{path}: invalid JSON at line {e.lineno} col {e.colno}: {e.msg}") from None
+    cfg = _strip_docs(raw)
+    check_ds_config(cfg, str(path))
+    return cfg
+
+
+def _strip_docs(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _strip_docs(v) for k, v in obj.items() if not k.startswith("_")}
+    return obj
+
+
+def check_ds_config(cfg: dict[str, Any], where: str) -> None:
+    """Refuse settings that belong to the run config or that DeepSpeed would silently ignore."""
+    for key, instead in RUN_CONFIG_KEYS.items():
+        if key in cfg and cfg[key] != "auto":
+            raise DSConfigError(f"{where}: {key!r} comes from the run config; remove it (or set it to \"auto\") "
+                                f"and set {instead}")
+    zero = cfg.get("zero_optimization", {})
+    stage = zero.get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise DSConfigError(f"{where}: zero_optimization.stage={stage!r}; use 0, 1, 2 or 3")
+    if "offload_param" in zero and stage != 3:
+        raise DSConfigError(f"{where}: zero_optimization.offload_param needs stage 3 (DeepSpeed ignores it at stage "
+                            f"{stage} without a word); set \"stage\": 3 or remove offload_param")
+    if "offload_optimizer" in zero and stage == 0:
+        raise DSConfigError(f"{where}: zero_optimization.offload_optimizer needs stage >= 1; set a ZeRO stage")
+    for key in ("offload_param", "offload_optimizer"):
+        dev = zero.get(key, {}).get("device", "cpu") if key in zero else None
+        if dev not in (None, "cpu", "nvme", "none"):
+            raise DSConfigError(f"{where}: zero_optimization.{key}.device={dev!r}; use 'cpu' or 'nvme'")
+    for key in [k for k in zero if k.startswith("stage3_")]:
+        if stage != 3:
+            raise DSConfigError(f"{where}: zero_optimization.{key} only applies at stage 3 (stage is {stage})")
+
+
+def offloads_optimizer(ds: dict[str, Any]) -> bool:
+    off = ds.get("zero_optimization", {}).get("offload_optimizer")
+    return bool(off) and off.get("device", "cpu") != "none"
+
+
+def zero_stage(ds: dict[str, Any]) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+def build_ds_config(ds: dict[str, Any], train: TrainConfig, world_size: int) -> dict[str, Any]:
+    """Fill the run-config-owned keys into a checked ds_configs dict."""
+    dp = world_size  # data-parallel size (no tensor/pipeline parallelism yet)
+    global_batch = train.micro_batch_size * train.grad_accum_steps * dp
+    if train.global_batch_size is not None and train.global_batch_size != global_batch:
+        raise DSConfigError(
+            f"train.global_batch_size={train.global_batch_size} but micro_batch_size ({train.micro_batch_size}) x "
+            f"grad_accum_steps ({train.grad_accum_steps}) x data-parallel size ({dp}) = {global_batch}; set "
+            f"train.grad_accum_steps={max(1, train.global_batch_size // (train.micro_batch_size * dp))} or change the "
+            f"world size")
+    out = {k: v for k, v in ds.items() if k not in RUN_CONFIG_KEYS}
+    out.update(
+        train_batch_size=global_batch,
+        train_micro_batch_size_per_gpu=train.micro_batch_size,
+        gradient_accumulation_steps=train.grad_accum_steps,
+        gradient_clipping=train.grad_clip,
+        bf16={"enabled": train.precision == "bf16"},
+        fp16={"enabled": train.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
+              "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        steps_per_print=out.get("steps_per_print", 10**9),  # we log ourselves
+        wall_clock_breakdown=out.get("wall_clock_breakdown", False),
+    )
+    if offloads_optimizer(ds):  # DeepSpeedCPUAdam: DeepSpeed builds it from this section
+        out["optimizer"] = {"type": "AdamW", "params": {
+            "lr": train.lr, "betas": [train.beta1, train.beta2], "eps": train.eps,
+            "weight_decay": train.weight_decay}}
+        out.setdefault("zero_force_ds_cpu_optimizer", True)
+    return out
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """GPT-1's decay rule: weight matrices and embeddings decay; biases and LayerNorm gains do not."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up over `warmup` updates, then cosine from 1 to `min_ratio` at `total` updates."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + 0.5 * (1.0 - min_ratio) * (1.0 + math.cos(math.pi * progress))
+
+
+def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, total_steps: int,
+                 load_universal: bool = False):
+    """deepspeed.initialize with the run config filled into the ds_configs file; returns the engine.
+    load_universal: the checkpoint to load was converted to DeepSpeed's universal format (elastic resume)."""
+    import deepspeed
+
+    ds = build_ds_config(load_ds_config(train.ds_config), train, world_size)
+    if load_universal:
+        ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
+    groups = param_groups(model, train.weight_decay)
+    optimizer = None
+    if "optimizer" not in ds:  # our own torch AdamW: no op compile, bit-exact resume at every stage
+        optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps,
+                                      weight_decay=train.weight_decay, fused=torch.cuda.is_available() or None)
+    min_ratio = train.min_lr / train.lr if train.lr > 0 else 0.0
+
+    def scheduler(opt):
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_multiplier(s, train.warmup_steps, total_steps, min_ratio))
+
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
+                                           lr_scheduler=scheduler, config=ds)
+    return engine
