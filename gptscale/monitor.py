@@ -62,6 +62,14 @@ class Monitor:
 
             self.tb = SummaryWriter(str(run_dir / "tb"))
             self.jsonl = open(run_dir / "metrics.jsonl", "a")
+            self.logfile = open(run_dir / "train.log", "a")
+
+    def log(self, msg: str) -> None:
+        """A console line on rank 0, also appended to RUN_DIR/train.log."""
+        if self.enabled:
+            print(msg, flush=True)
+            self.logfile.write(msg + "\n")
+            self.logfile.flush()
 
     def step(self, step: int, metrics: dict[str, Any], console: bool) -> None:
         """Record one optimizer step (metrics.jsonl always; TensorBoard + console when `console`)."""
@@ -93,7 +101,7 @@ class Monitor:
         if metrics.get("skipped"):
             parts.append(f"skipped {metrics['skipped']}")
         parts.append(f"eta {_fmt_time(eta)}")
-        print(" | ".join(parts), flush=True)
+        self.log(" | ".join(parts))
 
     def eval(self, step: int, loss: float) -> None:
         if not self.enabled:
@@ -104,12 +112,13 @@ class Monitor:
         self.tb.flush()
         self.jsonl.write(json.dumps({"step": step, "val_loss": loss, "val_ppl": ppl}) + "\n")
         self.jsonl.flush()
-        print(f"step {step} | val loss {loss:.4f} | val ppl {ppl:.2f}", flush=True)
+        self.log(f"step {step} | val loss {loss:.4f} | val ppl {ppl:.2f}")
 
     def close(self) -> None:
         if self.enabled:
             self.tb.close()
             self.jsonl.close()
+            self.logfile.close()
 
 
 def _fmt_time(seconds: float) -> str:

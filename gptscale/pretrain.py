@@ -191,16 +191,18 @@ def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
                f"continuing on {world}")
     engine = build_engine(model, cfg.train, world, steps_total, load_universal=elastic)
     loader, val = make_streams(cfg, sources, rank, world)
-    step, tokens = 0, 0
+    step, tokens, resumed_msg = 0, 0, ""
     if found:
         client = checkpoint.load(engine, *found)
         step, tokens = client["step"], client["tokens"]
         loader.load_state_dict(client["data"])
-        print0(f"resumed from {found[0] / found[1]} at step {step} ({tokens:,} tokens)")
+        resumed_msg = f"resumed from {found[0] / found[1]} at step {step} ({tokens:,} tokens)"
     tokens_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * world * cfg.data.seq_len
     peak = peak_tflops(cfg.train.precision, cfg.train.peak_tflops)
     mon = Monitor(run_dir, rank, steps_total)
-    print0(f"gptscale pretrain: {n_params / 1e6:.2f}M params, ZeRO-{zero_stage(ds)}, {cfg.train.precision}, "
+    if resumed_msg:
+        mon.log(resumed_msg)
+    mon.log(f"gptscale pretrain: {n_params / 1e6:.2f}M params, ZeRO-{zero_stage(ds)}, {cfg.train.precision}, "
            f"optimizer {_optimizer_name(engine)}, "
            f"world {world}, global batch {tokens_per_step // cfg.data.seq_len} x {cfg.data.seq_len} tokens, "
            f"{steps_total} steps -> {run_dir}")
@@ -232,9 +234,9 @@ def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
                 checkpoint.save(engine, run_dir, cfg, step,
                                 {"step": step, "tokens": tokens, "data": loader.state_dict()}, zero_stage(ds))
                 _crash_point(step, rank)
+        mon.log(f"done: step {step}, {tokens:,} tokens; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     finally:
         mon.close()
-    print0(f"done: step {step}, {tokens:,} tokens; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     return {"step": step, **metrics}
 
 

@@ -210,3 +210,41 @@ def test_elastic_resume_2_to_1_and_back(tmp_path, shard_dir, tok_dir, stage):
         final = tmp / "run" / "checkpoints" / "step_00000008"
         state = safe_torch_load(sorted(final.glob("*mp_rank_00_model_states.pt"))[0])  # ZeRO-3: zero_pp_rank_0_...
         assert state["data"]["position"] == 8 * 16 and state["step"] == 8
+
+
+def test_prune_keeps_the_newest_and_latest(tmp_path):
+    from gptscale.checkpoint import prune
+
+    ck = tmp_path / "checkpoints"
+    for s in (4, 8, 12, 16):
+        (ck / f"step_{s:08d}").mkdir(parents=True)
+    (ck / "step_00000004_universal").mkdir()
+    (ck / "latest").write_text("step_00000016")
+    prune(ck, keep_last=2)
+    assert sorted(p.name for p in ck.iterdir() if p.is_dir()) == ["step_00000012", "step_00000016"]
+
+
+def test_export_trained_run_loads_in_transformers(stage_runs, tmp_path):
+    """`gptscale export RUN --verify`: ZeRO-2 shards -> fp32 -> HF folder; AutoModelForCausalLM's logits
+    and greedy tokens equal the checkpoint's model, and AutoTokenizer encodes like our tokenizer."""
+    from transformers import AutoTokenizer
+
+    from conftest import run_cli
+    from gptscale.tokenizer import Tokenizer
+
+    out = run_cli("export", str(stage_runs[2]), "--out", str(tmp_path / "hf"), "--verify")
+    assert "-> OK" in out
+    meta = json.loads((stage_runs[2] / "checkpoints" / "step_00000008" / "gptscale.json").read_text())
+    text = "The quick brown fox, 1234 times; naïve café!"
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf")(text)["input_ids"] == Tokenizer.load(meta["tokenizer"]).encode(text)
+
+
+def test_max_tokens_and_lr_schedule():
+    from gptscale.config import load_config
+    from gptscale.engine import lr_multiplier
+    from gptscale.pretrain import total_steps
+
+    cfg, _ = load_config(["--train.micro_batch_size=4", "--train.grad_accum_steps=2", "--data.seq_len=32",
+                          "--train.max_steps=1000", "--train.max_tokens=10000"])
+    assert total_steps(cfg, world=2) == 20  # 4 x 2 x 2 x 32 = 512 tokens per step: ceil(10000 / 512)
+    assert [round(lr_multiplier(s, 4, 20, 0.1), 4) for s in (0, 3, 4, 12, 20, 30)] == [0.25, 1.0, 1.0, 0.55, 0.1, 0.1]
