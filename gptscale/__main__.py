@@ -8,6 +8,8 @@
     gptscale shard --input ... --tokenizer DIR --out DIR        tokenize a corpus into Arrow token shards
     gptscale pretrain --config FILE [--section.key=value ...]   pre-train with DeepSpeed (also: deepspeed
                                                                gptscale/pretrain.py, torchrun, srun)
+    gptscale finetune --task rte [--init CKPT_OR_DIR] [...]     GPT-1 fine-tuning (also: deepspeed
+                                                               gptscale/finetune.py --task rte)
     gptscale export RUN_OR_CKPT --out DIR                       checkpoint -> Hugging Face folder
 """
 
@@ -97,6 +99,12 @@ def cmd_pretrain(argv: list[str]) -> int:
     return cli(argv)
 
 
+def cmd_finetune(argv: list[str]) -> int:
+    from gptscale.finetune import cli
+
+    return cli(argv)
+
+
 def cmd_export(argv: list[str]) -> int:
     from gptscale.export import cli_export
 
@@ -104,7 +112,7 @@ def cmd_export(argv: list[str]) -> int:
 
 
 COMMANDS = {"config": cmd_config, "presets": cmd_presets, "hf-check": cmd_hf_check, "tokenizer": cmd_tokenizer,
-            "shard": cmd_shard, "pretrain": cmd_pretrain, "export": cmd_export}
+            "shard": cmd_shard, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

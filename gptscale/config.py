@@ -169,6 +169,8 @@ class TrainConfig:
     """Learning rate at the end of the cosine decay."""
     warmup_steps: int = 2000
     """Linear warm-up updates from 0 to lr (GPT-1: 2000)."""
+    lr_schedule: Literal["cosine", "linear"] = "cosine"
+    """Decay after warm-up down to min_lr: cosine (GPT-1 pre-training) or linear (GPT-1 fine-tuning)."""
     max_steps: int = 100_000
     """Optimizer steps to train for."""
     max_tokens: int | None = None
@@ -215,6 +217,8 @@ class FinetuneConfig:
     """Peak learning rate (GPT-1: 6.25e-5)."""
     batch_size: int = 32
     """Global batch size in examples (GPT-1: 32)."""
+    micro_batch_size: int = 8
+    """Examples per rank per forward/backward; accumulation makes up batch_size."""
     epochs: int = 3
     """Passes over the training split (GPT-1: 3)."""
     warmup_fraction: float = 0.002
@@ -227,6 +231,8 @@ class FinetuneConfig:
     """If set, fine-tune on a seeded subset of this many training examples (few-shot)."""
     transfer_layers: int | None = None
     """If set, copy only the first k pre-trained blocks; the rest start from random init."""
+    eval_samples: int | None = None
+    """If set, evaluate on the first n dev examples only (quick runs)."""
     seed: int = 42
     """Seed of head init, dropout and data order."""
 

@@ -126,11 +126,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up over `warmup` updates, then cosine from 1 to `min_ratio` at `total` updates."""
+def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float, schedule: str = "cosine") -> float:
+    """Linear warm-up over `warmup` updates, then cosine (or linear) from 1 to `min_ratio` at `total`."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return min_ratio + (1.0 - min_ratio) * (1.0 - progress)
     return min_ratio + 0.5 * (1.0 - min_ratio) * (1.0 + math.cos(math.pi * progress))
 
 
@@ -152,7 +154,7 @@ def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, to
 
     def scheduler(opt):
         return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_multiplier(s, train.warmup_steps, total_steps, min_ratio))
+            opt, lambda s: lr_multiplier(s, train.warmup_steps, total_steps, min_ratio, train.lr_schedule))
 
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=ds)

@@ -1,0 +1,224 @@
+"""Fine-tuning entry point (GPT-1 section 3.2): `main(cfg)` adapts a pre-trained GPT to one task.
+
+    deepspeed gptscale/finetune.py --task rte --init runs/pretrain [--data-dir ../shared/data] [overrides]
+    torchrun --nproc_per_node 2 gptscale/finetune.py --task sst2 --init runs/pretrain/hf
+    gptscale finetune --task rte --init none
+
+Loss L3 = L2 (task) + finetune.lm_coef * L1 (auxiliary LM on the task inputs). The DeepSpeed engine is
+built exactly as for pre-training (gptscale.engine); the recipe comes from the `finetune` config section
+(GPT-1: lr 6.25e-5, batch 32, 3 epochs, linear warm-up over 0.2% of training then linear decay, clip 1,
+classifier dropout 0.1). Each epoch is evaluated on the dev split; RUN_DIR/metrics.json holds every
+epoch's metrics (primary first) and the best, RUN_DIR/predictions_dev.tsv the best epoch's predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from gptscale.config import RunConfig, TrainConfig, dump_yaml, load_config
+from gptscale.dist import device, init_distributed
+from gptscale.engine import build_engine
+from gptscale.files import atomic_write_bytes, atomic_write_json
+from gptscale.heads import TaskModel, predictions, task_loss
+from gptscale.model import GPT
+from gptscale.monitor import Monitor
+from gptscale.tasks import TaskDataError, collate, compute_metrics, encode_example, get_task
+
+
+class FinetuneError(RuntimeError):
+    """A fine-tuning run that cannot start; the message says why and what to pass."""
+
+
+def load_init(cfg: RunConfig) -> tuple[GPT, Any]:
+    """(pre-trained GPT, tokenizer) from finetune.init: a run/checkpoint, an export or HF folder, or 'none'."""
+    from gptscale.tokenizer import Tokenizer
+
+    init = cfg.finetune.init
+    if init in ("", "none"):
+        if not cfg.data.tokenizer:
+            raise FinetuneError("--init none needs a tokenizer: pass --data.tokenizer=<tokenizer folder>")
+        tok = Tokenizer.load(cfg.data.tokenizer)
+        return GPT(dataclasses.replace(cfg.model, vocab_size=max(cfg.model.vocab_size, tok.vocab_size))), tok
+    p = Path(init)
+    if (p / "config.json").is_file():  # an export or any compatible HF folder
+        from gptscale.convert import load_hf
+
+        return load_hf(p), Tokenizer.load(cfg.data.tokenizer or p)
+    from gptscale.export import load_trained_model
+
+    model, meta = load_trained_model(p)
+    tok_dir = cfg.data.tokenizer or meta.get("tokenizer")
+    if not tok_dir:
+        raise FinetuneError(f"{init}: the checkpoint records no tokenizer; pass --data.tokenizer=<folder>")
+    return model, Tokenizer.load(tok_dir)
+
+
+def reinit_after(model: GPT, k: int) -> None:
+    """Keep only the first k pre-trained blocks (paper Fig. 2 left); later blocks start from init."""
+    fresh = GPT(model.cfg)
+    for i in range(k, model.cfg.n_layer):
+        model.h[i].load_state_dict(fresh.h[i].state_dict())
+
+
+def encode_split(task, examples, tok, max_len: int) -> list[list[list[int]]]:
+    return [encode_example(task, ex, tok, max_len) for ex in examples]
+
+
+def batches(n: int, batch: int, rank: int, world: int, seed: int, epoch: int, shuffle: bool):
+    """Index lists for this rank: a seeded permutation per epoch, split into global batches; each rank
+    takes its contiguous slice. Training drops the last partial global batch; eval pads with -1."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist() if shuffle \
+        else list(range(n))
+    gb = batch * world
+    if shuffle:
+        order = order[: n - n % gb]
+    else:
+        order += [-1] * (-n % gb)
+    for k in range(0, len(order), gb):
+        yield order[k + rank * batch: k + (rank + 1) * batch]
+
+
+def to_device(seqs, pad_id):
+    ids, pos, mask = collate(seqs, pad_id)
+    return ids.to(device()), pos.to(device()), mask.to(device())
+
+
+@torch.no_grad()
+def evaluate(engine, task, encoded, tok, cfg: RunConfig, rank: int, world: int) -> tuple[list, list]:
+    """(predictions, confidences) for every example, all ranks taking part (ZeRO-3 needs each forward)."""
+    engine.eval()
+    local: list[tuple[int, float, float]] = []
+    for idx in batches(len(encoded), cfg.finetune.micro_batch_size, rank, world, 0, 0, shuffle=False):
+        real = [i for i in idx if i >= 0]
+        seqs = [encoded[i if i >= 0 else 0] for i in idx]  # padding slots repeat example 0, dropped below
+        logits, _ = engine(*to_device(seqs, tok.pad_id))
+        pred, conf = predictions(task.kind, logits)
+        local += [(i, float(pred[j]), float(conf[j])) for j, i in enumerate(idx) if i >= 0][: len(real)]
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, local)
+    engine.train()
+    rows = sorted(r for part in gathered for r in part)
+    cast = float if task.kind == "regression" else int
+    return [cast(r[1]) for r in rows], [r[2] for r in rows]
+
+
+def train_config(cfg: RunConfig, world: int, steps: int) -> TrainConfig:
+    ft = cfg.finetune
+    if ft.batch_size % (ft.micro_batch_size * world):
+        raise FinetuneError(f"finetune.batch_size={ft.batch_size} is not a multiple of finetune.micro_batch_size="
+                            f"{ft.micro_batch_size} x world size {world}")
+    return dataclasses.replace(
+        cfg.train, lr=ft.lr, micro_batch_size=ft.micro_batch_size,
+        grad_accum_steps=ft.batch_size // (ft.micro_batch_size * world), global_batch_size=ft.batch_size,
+        warmup_steps=max(1, math.ceil(ft.warmup_fraction * steps)), lr_schedule="linear", min_lr=0.0,
+        weight_decay=0.01, grad_clip=1.0)
+
+
+def main(cfg: RunConfig) -> dict[str, Any]:
+    """Fine-tune per cfg.finetune; returns the best epoch's dev metrics."""
+    rank, world, _ = init_distributed()
+    ft = cfg.finetune
+    task = get_task(ft.task)
+    run_dir = Path(cfg.train.run_dir)
+    data_dir = ft.data_dir or "../shared/data"
+    train_ex, dev_ex = task.load(data_dir, "train"), task.load(data_dir, "dev")
+    if ft.train_samples is not None:
+        keep = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(ft.seed))[: ft.train_samples]
+        train_ex = [train_ex[i] for i in sorted(keep.tolist())]
+    if ft.eval_samples is not None:
+        dev_ex = dev_ex[: ft.eval_samples]
+    torch.manual_seed(ft.seed)
+    gpt, tok = load_init(cfg)
+    if ft.transfer_layers is not None:
+        reinit_after(gpt, ft.transfer_layers)
+    if tok.vocab_size > gpt.cfg.vocab_size:
+        raise FinetuneError(f"tokenizer vocab {tok.vocab_size} > model vocab {gpt.cfg.vocab_size}")
+    model = TaskModel(gpt, task.kind, task.num_labels, ft.clf_dropout)
+    max_len = gpt.cfg.n_ctx
+    train_enc, dev_enc = encode_split(task, train_ex, tok, max_len), encode_split(task, dev_ex, tok, max_len)
+    steps_per_epoch = len(train_enc) // ft.batch_size
+    if steps_per_epoch == 0:
+        raise FinetuneError(f"{len(train_enc)} training examples make no batch of finetune.batch_size={ft.batch_size}")
+    total = steps_per_epoch * ft.epochs
+    tcfg = train_config(cfg, world, total)
+    engine = build_engine(model, tcfg, world, total)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "config.yaml", dump_yaml(cfg).encode())
+    mon = Monitor(run_dir, rank, total)
+    mon.log(f"gptscale finetune {task.name}: {len(train_ex)} train / {len(dev_ex)} dev examples, {ft.epochs} epochs "
+            f"x {steps_per_epoch} steps of {ft.batch_size}, lm_coef {ft.lm_coef}, init {ft.init or 'none'}")
+    labels = torch.tensor([ex.label for ex in train_ex])
+    history, best = [], None
+    for epoch in range(ft.epochs):
+        for idx in batches(len(train_enc), ft.micro_batch_size, rank, world, ft.seed, epoch, shuffle=True):
+            logits, lm_loss = engine(*to_device([train_enc[i] for i in idx], tok.pad_id))
+            loss = task_loss(task.kind, logits, labels[idx].to(logits.device))
+            total_loss = loss + ft.lm_coef * lm_loss if ft.lm_coef > 0 else loss
+            engine.backward(total_loss)
+            engine.step()
+            if rank == 0 and engine.global_steps % cfg.train.log_interval == 0:
+                mon.tb.add_scalar("finetune/task_loss", loss.item(), engine.global_steps)
+                mon.tb.add_scalar("finetune/lm_loss", lm_loss.item(), engine.global_steps)
+        preds, _ = evaluate(engine, task, dev_enc, tok, cfg, rank, world)
+        metrics = compute_metrics(task, preds, dev_ex)
+        history.append({"epoch": epoch + 1, **metrics})
+        primary = task.metrics[0]
+        mon.log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if rank == 0:
+            for k, v in metrics.items():
+                mon.tb.add_scalar(f"dev/{k}", v, epoch + 1)
+        if best is None or metrics[primary] > best[primary]:
+            best = {"epoch": epoch + 1, **metrics}
+            if rank == 0:
+                write_predictions(run_dir / "predictions_dev.tsv", task, dev_ex, preds)
+        if rank == 0:
+            atomic_write_json(run_dir / "metrics.json", {"task": task.name, "primary": primary, "best": best,
+                                                         "epochs": history})
+    mon.close()
+    return best or {}
+
+
+def write_predictions(path: Path, task, examples, preds) -> None:
+    """index<TAB>prediction (label names), GLUE-submission style, with the gold label where known."""
+    rows = ["index\tprediction\tlabel"]
+    for i, (ex, p) in enumerate(zip(examples, preds)):
+        name = f"{p:.4f}" if task.kind == "regression" else task.label_names[int(p)] if task.label_names else str(p)
+        gold = "" if ex.label is None else (f"{ex.label}" if task.kind == "regression" else
+                                             task.label_names[int(ex.label)] if task.label_names else str(ex.label))
+        rows.append(f"{ex.meta.get('index', i)}\t{name}\t{gold}")
+    atomic_write_bytes(path, ("\n".join(rows) + "\n").encode())
+
+
+def cli(argv: list[str]) -> int:
+    cfg, rest = load_config(argv)
+    p = argparse.ArgumentParser(prog="gptscale finetune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", help="task name (finetune.task)")
+    p.add_argument("--init", help="pre-training run/checkpoint, export/HF folder, or 'none' (finetune.init)")
+    p.add_argument("--data-dir", help="folder with the task files (finetune.data_dir; default ../shared/data)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
+    a = p.parse_args(rest)
+    ft = dataclasses.replace(cfg.finetune, **{k: v for k, v in (("task", a.task), ("init", a.init),
+                                                                 ("data_dir", a.data_dir)) if v is not None})
+    train = cfg.train
+    if train.run_dir == TrainConfig.run_dir:  # default run dir: one per task
+        train = dataclasses.replace(train, run_dir=f"runs/finetune/{ft.task}")
+    try:
+        main(dataclasses.replace(cfg, finetune=ft, train=train))
+    except (FinetuneError, TaskDataError, FileNotFoundError, ValueError) as e:
+        print(f"gptscale finetune: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

@@ -1,0 +1,89 @@
+"""GPT-1 fine-tuning: heads, auxiliary LM masking, and a 2-rank run as users launch it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptscale.config import model_config
+from gptscale.heads import TaskModel, predictions, task_loss
+from gptscale.model import GPT
+from test_pretrain import REPO, base_config, free_port, launch
+
+
+def tiny(kind, num_labels=2):
+    torch.manual_seed(0)
+    return TaskModel(GPT(model_config("gpt2-tiny", dropout=0.0)), kind, num_labels, clf_dropout=0.0).eval()
+
+
+def test_similarity_adds_both_orderings():
+    m = tiny("similarity")
+    ab, ba = torch.randint(3, 512, (1, 1, 9)), torch.randint(3, 512, (1, 1, 9))
+    pos, mask = torch.full((1, 2), 8), torch.ones(1, 2, 9, dtype=torch.bool)
+    l1, _ = m(torch.cat([ab, ba], 1), pos, mask)
+    l2, _ = m(torch.cat([ba, ab], 1), pos, mask)
+    assert torch.allclose(l1, l2, atol=1e-6)  # order of the two sequences does not matter: states are added
+    h = m.gpt.hidden(torch.cat([ab, ba], 1)[0])[:, 8]  # (2, C)
+    assert torch.allclose(l1[0], m.head(h.sum(0)), atol=1e-5)
+
+
+@torch.no_grad()
+def test_multiple_choice_scores_each_choice():
+    m = tiny("multiple_choice", 4)
+    ids = torch.randint(3, 512, (2, 4, 10))
+    logits, _ = m(ids, torch.full((2, 4), 9), torch.ones(2, 4, 10, dtype=torch.bool))
+    assert logits.shape == (2, 4)
+    single, _ = m(ids[:, 2:3], torch.full((2, 1), 9), torch.ones(2, 1, 10, dtype=torch.bool))
+    assert torch.allclose(logits[:, 2], single[:, 0], atol=1e-5)  # a choice's score ignores the others
+    pred, conf = predictions("multiple_choice", logits)
+    assert torch.equal(pred, logits.argmax(-1)) and torch.allclose(conf, logits.softmax(-1).max(-1).values)
+    assert task_loss("multiple_choice", logits, torch.tensor([1, 3])).item() == pytest.approx(
+        F.cross_entropy(logits, torch.tensor([1, 3])).item())
+
+
+def test_aux_lm_loss_ignores_padding():
+    m = tiny("classification")
+    ids = torch.randint(3, 512, (1, 1, 12))
+    mask = torch.ones(1, 1, 12, dtype=torch.bool)
+    mask[..., 8:] = False  # 4 padding positions
+    _, lm = m(ids, torch.full((1, 1), 7), mask)
+    logits = m.gpt.lm_head(m.gpt.hidden(ids[0]))[0, :7]  # predictions of tokens 1..7
+    assert lm.item() == pytest.approx(F.cross_entropy(logits, ids[0, 0, 1:8]).item(), rel=1e-5)
+    ids2 = ids.clone()
+    ids2[..., 8:] = 0  # what sits in padding does not change the loss
+    _, lm2 = m(ids2, torch.full((1, 1), 7), mask)
+    assert lm2.item() == pytest.approx(lm.item(), rel=1e-6)
+
+
+def test_regression_head():
+    m = tiny("regression", 1)
+    logits, _ = m(torch.randint(3, 512, (3, 2, 6)), torch.full((3, 2), 5), torch.ones(3, 2, 6, dtype=torch.bool))
+    assert logits.shape == (3,)
+    assert task_loss("regression", logits, torch.tensor([1.0, 2.0, 3.0])).item() == pytest.approx(
+        F.mse_loss(logits, torch.tensor([1.0, 2.0, 3.0])).item())
+
+
+def test_rte_two_ranks_with_deepspeed_launcher(tmp_path, shard_dir, tok_dir, data_dir):
+    """Pre-train a tiny model (1 process), then `deepspeed --num_gpus 2 gptscale/finetune.py --task rte`."""
+    cfg = base_config(tmp_path, shard_dir, tok_dir, max_steps=4, eval_interval=0, checkpoint_interval=4,
+                      warmup_steps=1)
+    launch(cfg, nproc=1)
+    bin_dir = os.path.dirname(sys.executable)
+    cmd = [os.path.join(bin_dir, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+           str(REPO / "gptscale" / "finetune.py"), "--task", "rte", "--init", str(tmp_path / "run"),
+           "--data-dir", str(data_dir), "--finetune.train_samples=64", "--finetune.eval_samples=40",
+           "--finetune.epochs=2", "--finetune.batch_size=16", "--finetune.micro_batch_size=4",
+           "--train.precision=fp32", f"--train.run_dir={tmp_path / 'ft'}", "--train.ds_config=ds_configs/zero2.json"]
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PATH=bin_dir + os.pathsep + os.environ["PATH"])
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=str(REPO))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    m = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert m["task"] == "rte" and m["primary"] == "accuracy" and len(m["epochs"]) == 2
+    assert 0.0 <= m["best"]["accuracy"] <= 1.0
+    rows = (tmp_path / "ft" / "predictions_dev.tsv").read_text().splitlines()
+    assert rows[0] == "index\tprediction\tlabel" and len(rows) == 41  # every dev example once, none doubled
+    assert {r.split("\t")[1] for r in rows[1:]} <= {"entailment", "not_entailment"}
