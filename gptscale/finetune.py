@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     mon.log(f"gptscale finetune {task.name}: {len(train_ex)} train / {len(dev_ex)} dev examples, {ft.epochs} epochs "
             f"x {steps_per_epoch} steps of {ft.batch_size}, lm_coef {ft.lm_coef}, init {ft.init or 'none'}")
     labels = torch.tensor([ex.label for ex in train_ex])
-    history, best = [], None
+    history, best, t0, last_gs = [], None, time.perf_counter(), 0
     for epoch in range(ft.epochs):
         for idx in batches(len(train_enc), ft.micro_batch_size, rank, world, ft.seed, epoch, shuffle=True):
             logits, lm_loss = engine(*to_device([train_enc[i] for i in idx], tok.pad_id))
@@ -165,9 +166,15 @@ def main(cfg: RunConfig) -> dict[str, Any]:
             total_loss = loss + ft.lm_coef * lm_loss if ft.lm_coef > 0 else loss
             engine.backward(total_loss)
             engine.step()
-            if rank == 0 and engine.global_steps % cfg.train.log_interval == 0:
-                mon.tb.add_scalar("finetune/task_loss", loss.item(), engine.global_steps)
-                mon.tb.add_scalar("finetune/lm_loss", lm_loss.item(), engine.global_steps)
+            gs = engine.global_steps
+            if rank == 0 and gs != last_gs and gs % cfg.train.log_interval == 0:
+                mon.tb.add_scalar("finetune/task_loss", loss.item(), gs)
+                mon.tb.add_scalar("finetune/lm_loss", lm_loss.item(), gs)
+                rate = gs * ft.batch_size / max(time.perf_counter() - t0, 1e-9)
+                mon.log(f"epoch {epoch + 1} step {gs}/{total} | task loss {loss.item():.4f} | lm loss "
+                        f"{lm_loss.item():.4f} | lr {engine.get_lr()[0]:.2e} | {rate:.1f} ex/s | eta "
+                        f"{(total - gs) * ft.batch_size / max(rate, 1e-9):.0f}s")
+            last_gs = gs
         preds, _ = evaluate(engine, task, dev_enc, tok, cfg, rank, world)
         metrics = compute_metrics(task, preds, dev_ex)
         history.append({"epoch": epoch + 1, **metrics})
