@@ -37,6 +37,10 @@ demo: setup
 	rm -rf runs/demo/run
 	$(VENV)/bin/deepspeed --num_gpus $(NPROC) --master_port $(PORT) gptscale/pretrain.py --config gptscale/configs/demo.yaml
 	$(VENV)/bin/gptscale export runs/demo/run --out runs/demo/hf --overwrite --verify
+	$(VENV)/bin/deepspeed --num_gpus $(NPROC) --master_port $(PORT) gptscale/finetune.py --task rte --init runs/demo/run \
+		--data-dir $(DATA) --train.run_dir=runs/demo/rte --train.precision=fp32 --finetune.micro_batch_size=8 \
+		--finetune.epochs=2
+	@echo "RTE dev metrics: runs/demo/rte/metrics.json; predictions: runs/demo/rte/predictions_dev.tsv"
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir runs/demo/run/tb"
 	@echo "Hugging Face export: runs/demo/hf (transformers.AutoModelForCausalLM.from_pretrained('runs/demo/hf'))"
 
