@@ -44,9 +44,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup_env() -> dict[str, str]:
-    """Fill the torch.distributed env vars (launcher's values win, then SLURM_*, then one local process)."""
-    env = os.environ
+def setup_env(env=None) -> dict[str, str]:
+    """Fill the torch.distributed env vars (launcher's values win, then SLURM_*, then one local process).
+    `env` defaults to os.environ, which is updated in place (torch.distributed reads it)."""
+    env = os.environ if env is None else env
     if "RANK" not in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         env["RANK"] = env["SLURM_PROCID"]
         env["WORLD_SIZE"] = env["SLURM_NTASKS"]

@@ -13,32 +13,19 @@ def test_first_slurm_host_without_scontrol(monkeypatch):
 
 
 def test_env_from_slurm(monkeypatch):
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
     monkeypatch.setattr(dist.shutil, "which", lambda name: None)
-    monkeypatch.setenv("SLURM_PROCID", "5")
-    monkeypatch.setenv("SLURM_NTASKS", "8")
-    monkeypatch.setenv("SLURM_LOCALID", "1")
-    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[12-15]")
-    monkeypatch.setenv("SLURM_JOB_ID", "123456")
-    env = dist.setup_env()
-    assert env == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu12",
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[12-15]",
+           "SLURM_JOB_ID": "123456"}
+    assert dist.setup_env(env) == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu12",
                    "MASTER_PORT": str(10000 + 123456 % 50000)}
 
 
-def test_launcher_env_wins_over_slurm(monkeypatch):
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("MASTER_PORT", "29999")
-    monkeypatch.setenv("SLURM_PROCID", "7")
-    monkeypatch.setenv("SLURM_NTASKS", "16")
-    env = dist.setup_env()
+def test_launcher_env_wins_over_slurm():
+    env = dist.setup_env({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "29999", "SLURM_PROCID": "7",
+                          "SLURM_NTASKS": "16"})
     assert env["RANK"] == "0" and env["WORLD_SIZE"] == "2" and env["MASTER_PORT"] == "29999"
 
 
-def test_multi_rank_without_port_is_refused(monkeypatch):
-    for k in ("RANK", "MASTER_PORT", "SLURM_PROCID"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("WORLD_SIZE", "4")
+def test_multi_rank_without_port_is_refused():
     with pytest.raises(RuntimeError, match="MASTER_PORT"):
-        dist.setup_env()
+        dist.setup_env({"WORLD_SIZE": "4"})

@@ -45,7 +45,10 @@ def launch(config: Path, *overrides: str, nproc: int = 2, launcher: str = "torch
     else:
         cmd = [os.path.join(bin_dir, "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()), PRETRAIN]
     cmd += ["--config", str(config), *overrides]
-    full_env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PATH=bin_dir + os.pathsep + os.environ["PATH"],
+    # the launcher sets the process-group variables; stale ones in this process must not reach the ranks
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") and not k.startswith("SLURM_")}
+    full_env = dict(base, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PATH=bin_dir + os.pathsep + os.environ["PATH"],
                     **(env or {}))
     p = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, start_new_session=True,
                        cwd=str(REPO))
