@@ -47,6 +47,7 @@ demo: setup
 bench: setup
 	$(PY) bench/model_speed.py
 	$(PY) bench/data.py
+	$(PY) bench/engine_overhead.py
 
 clean:
 	rm -rf $(VENV) runs/demo .pytest_cache
