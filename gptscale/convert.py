@@ -8,14 +8,12 @@ to ``GPT2LMHeadModel`` ('gpt2'). HF keeps these weights in Conv1D layout (in, ou
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from gptscale.config import ModelConfig, from_dict
+from gptscale.files import atomic_dir
 from gptscale.model import GPT
 
 # ours -> HF, outside the blocks, per HF family
@@ -208,30 +206,21 @@ def from_hf_model(hf) -> GPT:
 
 
 def export_hf(model: GPT, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Write an HF folder (config.json, model.safetensors) loadable by AutoModelForCausalLM.
+    """Write an HF folder (config.json, model.safetensors) loadable by AutoModelForCausalLM, atomically."""
+    with atomic_dir(out_dir, overwrite) as tmp:
+        write_hf(model, tmp)
+    return Path(out_dir)
 
-    Atomic: everything is written to a temporary sibling folder, which is renamed into place last.
-    """
+
+def write_hf(model: GPT, folder: Path) -> None:
+    """config.json + model.safetensors of `model` into an existing folder."""
     from safetensors.torch import save_file
 
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        hc = hf_config(model.cfg, architectures=[
-            "OpenAIGPTLMHeadModel" if hf_family(model.cfg) == "openai-gpt" else "GPT2LMHeadModel"])
-        hc.save_pretrained(tmp)
-        state = {k: v.detach().cpu().contiguous() for k, v in to_hf_state_dict(model.state_dict(), model.cfg).items()}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    hc = hf_config(model.cfg, architectures=[
+        "OpenAIGPTLMHeadModel" if hf_family(model.cfg) == "openai-gpt" else "GPT2LMHeadModel"])
+    hc.save_pretrained(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in to_hf_state_dict(model.state_dict(), model.cfg).items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -35,16 +35,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
-import secrets
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptscale.config import ModelConfig, from_dict
+from gptscale.files import atomic_dir
 
 if TYPE_CHECKING:
     from gptscale.model import GPT
@@ -124,23 +122,16 @@ def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False
     Nothing appears at ``out`` unless every file was written; an existing ``out`` is only replaced with
     ``overwrite``.
     """
-    from gptscale.convert import export_hf
+    from gptscale.convert import write_hf
 
     out = Path(out)
-    _check_out(out, overwrite)
+    _check_out(out, overwrite)  # before loading the checkpoint: fail fast
     model, meta = load_trained_model(path, tag)
     tok_dir = _tokenizer_dir(tokenizer, meta, Path(meta["checkpoint"]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    try:
-        export_hf(model, tmp, overwrite=True)  # renames its own complete folder onto tmp
+    with atomic_dir(out, overwrite=True) as tmp:
+        write_hf(model, tmp)
         specials = write_tokenizer(tok_dir, tmp, model.cfg) if tok_dir is not None else {}
         _write_generation_files(tmp, specials, meta)
-        _apply_umask(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -149,27 +140,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise ExportError(f"--out {out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
-
-
-def _apply_umask(folder: Path) -> None:
-    """mkdtemp folders (and safetensors files) are private (0700/0600); give the export the permissions a plain
-    mkdir/open would, so exports can be shared on a cluster like the rest of a run."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(folder, 0o777 & ~mask)
-    for f in folder.iterdir():
-        os.chmod(f, 0o666 & ~mask)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``; an old ``out`` is renamed aside first and deleted after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _tokenizer_dir(override: str | Path | None, meta: dict[str, Any], tag_dir: Path) -> Path | None:

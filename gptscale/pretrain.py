@@ -47,11 +47,12 @@ def parse_sources(spec: str) -> dict[str, float]:
     return out
 
 
-def check_data(cfg: RunConfig) -> dict[str, float]:
-    """Shapes and vocabularies agree before any compute (seq_len, context, tokenizer)."""
+def check_data(cfg: RunConfig) -> tuple[dict[str, float], dict[str, dict]]:
+    """Shapes and vocabularies agree before any compute (seq_len, context, tokenizer).
+    Returns the mixing weights and each source's manifest."""
     sources = parse_sources(cfg.data.shards)
-    for uri in sources:
-        m, _, _ = read_manifest(uri)
+    manifests = {uri: read_manifest(uri)[0] for uri in sources}
+    for uri, m in manifests.items():
         if m["seq_len"] != cfg.data.seq_len:
             raise TrainingError(f"{uri}: shards hold seq_len {m['seq_len']} but data.seq_len={cfg.data.seq_len}; "
                                 f"set --data.seq_len={m['seq_len']} or re-shard")
@@ -60,7 +61,7 @@ def check_data(cfg: RunConfig) -> dict[str, float]:
                                 f"{cfg.model.vocab_size}; set --model.vocab_size={m['tokenizer']['vocab_size']}")
     if cfg.data.seq_len > cfg.model.n_ctx:
         raise TrainingError(f"data.seq_len={cfg.data.seq_len} exceeds the model context model.n_ctx={cfg.model.n_ctx}")
-    return sources
+    return sources, manifests
 
 
 def total_steps(cfg: RunConfig, world: int) -> int:
@@ -72,7 +73,7 @@ def total_steps(cfg: RunConfig, world: int) -> int:
     return steps
 
 
-def make_streams(cfg: RunConfig, sources: dict[str, float], rank: int, world: int):
+def make_streams(cfg: RunConfig, sources: dict[str, float], manifests: dict[str, dict], rank: int, world: int):
     from gptscale.data import ShardLoader, ShardStream
     from gptscale.tokenizer import Tokenizer
 
@@ -84,7 +85,7 @@ def make_streams(cfg: RunConfig, sources: dict[str, float], rank: int, world: in
     val = None
     if cfg.train.eval_interval > 0:
         first = next(iter(sources))
-        if read_manifest(first)[0]["splits"].get("val", {}).get("shards"):
+        if manifests[first]["splits"].get("val", {}).get("shards"):
             val = ShardStream(first, split="val", batch_size=cfg.train.micro_batch_size, shuffle=False, epochs=None,
                               **common)
     return ShardLoader(train, num_workers=cfg.data.num_workers), val
@@ -115,7 +116,7 @@ def train_step(engine, it, accum: int, state: dict) -> float:
     """One optimizer step of `accum` finite micro-batches; a non-finite loss on any rank skips that
     micro-batch on every rank (it is consumed, not retried). Returns the mean loss over ranks."""
     losses = []
-    inject = _nan_injection()
+    inject = state["inject_nan"]
     while len(losses) < accum:
         batch = next(it).to(device())
         _, loss = engine(batch[:, :-1], batch[:, 1:])
@@ -173,7 +174,7 @@ def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
     """Train per `cfg`; returns the final step's metrics (on every rank)."""
     rank, world, _ = init_distributed()
     run_dir = Path(cfg.train.run_dir)
-    sources = check_data(cfg)
+    sources, manifests = check_data(cfg)
     ds = load_ds_config(cfg.train.ds_config)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +191,7 @@ def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
         print0(f"elastic resume: {found[0] / found[1]} was written by {checkpoint.saved_world_size(*found)} ranks, "
                f"continuing on {world}")
     engine = build_engine(model, cfg.train, world, steps_total, load_universal=elastic)
-    loader, val = make_streams(cfg, sources, rank, world)
+    loader, val = make_streams(cfg, sources, manifests, rank, world)
     step, tokens, resumed_msg = 0, 0, ""
     if found:
         client = checkpoint.load(engine, *found)
@@ -206,7 +207,8 @@ def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
            f"optimizer {_optimizer_name(engine)}, "
            f"world {world}, global batch {tokens_per_step // cfg.data.seq_len} x {cfg.data.seq_len} tokens, "
            f"{steps_total} steps -> {run_dir}")
-    state = {"micro": 0, "skipped": 0, "bad_in_row": 0, "max_bad": cfg.train.max_bad_steps}
+    state = {"micro": 0, "skipped": 0, "bad_in_row": 0, "max_bad": cfg.train.max_bad_steps,
+             "inject_nan": _nan_injection()}
     it = iter(loader)
     metrics: dict[str, Any] = {}
     t_last, steps_since = time.perf_counter(), 0
