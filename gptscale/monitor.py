@@ -115,10 +115,12 @@ class Monitor:
         self.log(f"step {step} | val loss {loss:.4f} | val ppl {ppl:.2f}")
 
     def close(self) -> None:
+        """Flush and close the files (idempotent; later calls log nothing)."""
         if self.enabled:
             self.tb.close()
             self.jsonl.close()
             self.logfile.close()
+            self.enabled = False
 
 
 def _fmt_time(seconds: float) -> str:

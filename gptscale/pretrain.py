@@ -30,6 +30,7 @@ from gptscale.engine import DSConfigError, build_engine, load_ds_config, zero_st
 from gptscale.files import atomic_write_bytes
 from gptscale.model import GPT
 from gptscale.monitor import Monitor, memory_gb, peak_tflops
+from gptscale.preempt import Preemption
 
 
 class TrainingError(RuntimeError):
@@ -212,6 +213,7 @@ def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
     it = iter(loader)
     metrics: dict[str, Any] = {}
     t_last, steps_since = time.perf_counter(), 0
+    preempt = Preemption()
     try:
         while step < steps_total:
             loss = train_step(engine, it, cfg.train.grad_accum_steps, state)
@@ -232,12 +234,18 @@ def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
             if val is not None and (step % cfg.train.eval_interval == 0 or step == steps_total):
                 metrics["val_loss"] = evaluate(engine, val, cfg.train.eval_steps)
                 mon.eval(step, metrics["val_loss"])
-            if step % cfg.train.checkpoint_interval == 0 or step == steps_total:
+            stop = preempt.should_stop(step, device()) and step < steps_total
+            if stop or step % cfg.train.checkpoint_interval == 0 or step == steps_total:
                 checkpoint.save(engine, run_dir, cfg, step,
                                 {"step": step, "tokens": tokens, "data": loader.state_dict()}, zero_stage(ds))
                 _crash_point(step, rank)
+            if stop:
+                mon.log(f"preempted at step {step}: checkpoint {run_dir / 'checkpoints' / checkpoint.tag_for(step)}")
+                mon.close()
+                preempt.requeue_and_exit(print0)
         mon.log(f"done: step {step}, {tokens:,} tokens; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     finally:
+        preempt.restore()
         mon.close()
     return {"step": step, **metrics}
 

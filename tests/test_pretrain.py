@@ -251,3 +251,19 @@ def test_max_tokens_and_lr_schedule():
                           "--train.max_steps=1000", "--train.max_tokens=10000"])
     assert total_steps(cfg, world=2) == 20  # 4 x 2 x 2 x 32 = 512 tokens per step: ceil(10000 / 512)
     assert [round(lr_multiplier(s, 4, 20, 0.1), 4) for s in (0, 3, 4, 12, 20, 30)] == [0.25, 1.0, 1.0, 0.55, 0.1, 0.1]
+
+
+def test_preemption_signal_checkpoints_at_step_boundary_and_resumes_exactly(tmp_path, shard_dir, tok_dir, stage_runs):
+    """A real SIGUSR2 on one rank (the last) after step 3: every rank agrees, checkpoint step 3 is written (not a
+    checkpoint_interval step), the run exits 0 (outside Slurm nothing requeues); rerunning ends equal to straight."""
+    cfg = base_config(tmp_path, shard_dir, tok_dir)
+    p = launch(cfg, env={"GPTSCALE_PREEMPT_AT_STEP": "3"})
+    run = tmp_path / "run"
+    assert "caught SIGUSR2" in p.stderr
+    assert "preempted at step 3" in p.stdout and "stopped by signal" in p.stdout
+    assert (run / "checkpoints" / "latest").read_text() == "step_00000003"
+    assert max(losses(run)) == 3
+    out = launch(cfg)
+    assert "resumed from" in out.stdout and "at step 3" in out.stdout
+    straight, resumed = losses(stage_runs[2]), losses(run)
+    assert resumed == straight
