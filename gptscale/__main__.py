@@ -11,6 +11,8 @@
     gptscale finetune --task rte [--init CKPT_OR_DIR] [...]     GPT-1 fine-tuning (also: deepspeed
                                                                gptscale/finetune.py --task rte)
     gptscale export RUN_OR_CKPT --out DIR                       checkpoint -> Hugging Face folder
+    gptscale predict --model DIR --text "..." [--text-pair ..]  label + confidence from a fine-tuned model
+    gptscale fewshot --task sst2 --train-samples 16,64 -- ...   few-shot sweep -> one results table
 """
 
 from __future__ import annotations
@@ -105,6 +107,18 @@ def cmd_finetune(argv: list[str]) -> int:
     return cli(argv)
 
 
+def cmd_predict(argv: list[str]) -> int:
+    from gptscale.predict import cli
+
+    return cli(argv)
+
+
+def cmd_fewshot(argv: list[str]) -> int:
+    from gptscale.sweep import cli
+
+    return cli(argv)
+
+
 def cmd_export(argv: list[str]) -> int:
     from gptscale.export import cli_export
 
@@ -112,7 +126,8 @@ def cmd_export(argv: list[str]) -> int:
 
 
 COMMANDS = {"config": cmd_config, "presets": cmd_presets, "hf-check": cmd_hf_check, "tokenizer": cmd_tokenizer,
-            "shard": cmd_shard, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "export": cmd_export}
+            "shard": cmd_shard, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "export": cmd_export,
+            "predict": cmd_predict, "fewshot": cmd_fewshot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,3 +159,15 @@ def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, to
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=ds)
     return engine
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The module's complete weights as fp32 CPU tensors, on every rank. A collective under ZeRO-3 (every
+    rank must call it: the partitioned parameters are gathered); a plain copy at stages 0-2."""
+    module = engine.module
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}

@@ -171,7 +171,7 @@ def write_tokenizer(tok_dir: Path, out: Path, cfg: ModelConfig) -> dict[str, int
                           f"{cfg.vocab_size}; wrong tokenizer for this checkpoint")
     meta = tok.to_json()
     if meta["type"] == "sentencepiece":
-        _write_sentencepiece_as_hf(tok_dir, out, meta, cfg.n_ctx)
+        write_sentencepiece_as_hf(tok_dir, out, meta, cfg.n_ctx)
     else:
         _copy_hf_tokenizer(tok_dir, out)
     return {"pad": tok.pad_id, "eod": tok.eod_id}
@@ -199,7 +199,7 @@ def hf_tokenizer_from_sentencepiece(model_file: Path, meta: dict[str, Any], max_
         split_special_tokens=True, clean_up_tokenization_spaces=False, model_max_length=max_length)
 
 
-def _write_sentencepiece_as_hf(tok_dir: Path, out: Path, meta: dict[str, Any], max_length: int) -> None:
+def write_sentencepiece_as_hf(tok_dir: Path, out: Path, meta: dict[str, Any], max_length: int) -> None:
     from gptscale.tokenizer import MODEL_FILE
 
     hf = hf_tokenizer_from_sentencepiece(tok_dir / MODEL_FILE, meta, max_length)

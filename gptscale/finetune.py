@@ -26,11 +26,12 @@ import torch.distributed as dist
 
 from gptscale.config import RunConfig, TrainConfig, dump_yaml, load_config
 from gptscale.dist import device, init_distributed
-from gptscale.engine import build_engine
+from gptscale.engine import build_engine, full_state_dict
 from gptscale.files import atomic_write_bytes, atomic_write_json
 from gptscale.heads import TaskModel, predictions, task_loss
 from gptscale.model import GPT
 from gptscale.monitor import Monitor
+from gptscale.predict import save_task_model
 from gptscale.tasks import TaskDataError, collate, compute_metrics, encode_example, get_task
 
 
@@ -39,7 +40,8 @@ class FinetuneError(RuntimeError):
 
 
 def load_init(cfg: RunConfig) -> tuple[GPT, Any]:
-    """(pre-trained GPT, tokenizer) from finetune.init: a run/checkpoint, an export or HF folder, or 'none'."""
+    """(pre-trained GPT, tokenizer) from finetune.init: a run/checkpoint, an export or HF folder, or 'none'.
+    A foreign vocabulary without GPT-1's task tokens (e.g. GPT-2's) gets them as new ids, N(0, 0.02) rows."""
     from gptscale.tokenizer import Tokenizer
 
     init = cfg.finetune.init
@@ -52,14 +54,41 @@ def load_init(cfg: RunConfig) -> tuple[GPT, Any]:
     if (p / "config.json").is_file():  # an export or any compatible HF folder
         from gptscale.convert import load_hf
 
-        return load_hf(p), Tokenizer.load(cfg.data.tokenizer or p)
-    from gptscale.export import load_trained_model
+        model, tok = load_hf(p), Tokenizer.load(cfg.data.tokenizer or p)
+    else:
+        from gptscale.export import load_trained_model
 
-    model, meta = load_trained_model(p)
-    tok_dir = cfg.data.tokenizer or meta.get("tokenizer")
-    if not tok_dir:
-        raise FinetuneError(f"{init}: the checkpoint records no tokenizer; pass --data.tokenizer=<folder>")
-    return model, Tokenizer.load(tok_dir)
+        model, meta = load_trained_model(p)
+        tok_dir = cfg.data.tokenizer or meta.get("tokenizer")
+        if not tok_dir:
+            raise FinetuneError(f"{init}: the checkpoint records no tokenizer; pass --data.tokenizer=<folder>")
+        tok = Tokenizer.load(tok_dir)
+    missing = tok.missing_task_specials()
+    if missing:
+        tok = tok.with_task_specials()
+        new_rows(model, [getattr(tok, f"{name}_id") for name in missing], tok.vocab_size)
+    return model, tok
+
+
+def new_rows(gpt: GPT, ids: list[int], vocab: int, std: float = 0.02) -> None:
+    """Give token ids new embedding rows ~ N(0, std) (the paper's added delimiter tokens), growing the
+    vocabulary to `vocab` when they lie past its end; a tied LM head follows the embedding."""
+    C, V = gpt.cfg.d_model, gpt.cfg.vocab_size
+    with torch.no_grad():
+        if vocab > V:
+            wte = torch.nn.Embedding(vocab, C)
+            wte.weight[:V] = gpt.wte.weight
+            gpt.wte = wte
+            head = torch.nn.Linear(C, vocab, bias=False)
+            if gpt.cfg.tie_embeddings:
+                head.weight = gpt.wte.weight
+            else:
+                head.weight[:V] = gpt.lm_head.weight
+                head.weight[V:].normal_(0.0, std)
+            gpt.lm_head = head
+            gpt.cfg = dataclasses.replace(gpt.cfg, vocab_size=vocab)
+        for i in ids:
+            gpt.wte.weight[i].normal_(0.0, std)
 
 
 def reinit_after(model: GPT, k: int) -> None:
@@ -145,6 +174,10 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     model = TaskModel(gpt, task.kind, task.num_labels, ft.clf_dropout)
     max_len = gpt.cfg.n_ctx
     train_enc, dev_enc = encode_split(task, train_ex, tok, max_len), encode_split(task, dev_ex, tok, max_len)
+    extra = {k: (v[: ft.eval_samples], encode_split(task, v[: ft.eval_samples], tok, max_len))
+             for k, v in extra_splits(task, data_dir).items()}
+    pair = train_ex[0].text_b is not None
+    results: dict[str, Any] = {}
     steps_per_epoch = len(train_enc) // ft.batch_size
     if steps_per_epoch == 0:
         raise FinetuneError(f"{len(train_enc)} training examples make no batch of finetune.batch_size={ft.batch_size}")
@@ -185,23 +218,85 @@ def main(cfg: RunConfig) -> dict[str, Any]:
                 mon.tb.add_scalar(f"dev/{k}", v, epoch + 1)
         if best is None or metrics[primary] > best[primary]:
             best = {"epoch": epoch + 1, **metrics}
+            results = {"dev": metrics}
+            results.update(score_splits(engine, task, extra, tok, cfg, rank, world, run_dir, epoch + 1, mon))
+            state = full_state_dict(engine)  # a collective under ZeRO-3
             if rank == 0:
                 write_predictions(run_dir / "predictions_dev.tsv", task, dev_ex, preds)
+                save_task_model(run_dir / "model", state, gpt.cfg, task, tok, {
+                    "epoch": epoch + 1, "dev": metrics, "init": ft.init or "none", "pair": pair})
         if rank == 0:
             atomic_write_json(run_dir / "metrics.json", {"task": task.name, "primary": primary, "best": best,
-                                                         "epochs": history})
+                                                         "splits": results, "epochs": history,
+                                                         "model": str(run_dir / "model")})
+    mon.log(f"best epoch {best['epoch']}: {primary} {best[primary]:.4f}; model folder {run_dir / 'model'} "
+            f"(gptscale predict --model {run_dir / 'model'} --text ...)")
     mon.close()
     return best or {}
 
 
+EXTRA_SPLITS = ("dev_matched", "dev_mismatched", "test", "test_matched", "test_mismatched")
+"""Splits scored at each best epoch besides dev: labelled ones get metrics, unlabelled ones a submission."""
+SUBMISSION_SUFFIX = {"test": "", "test_matched": "-m", "test_mismatched": "-mm"}
+GLUE_DIGIT_LABELS = ("cola", "sst2", "mrpc", "qqp", "wnli")
+"""GLUE tasks whose official files, and so its submission server, use 0/1 rather than label names."""
+
+
+def extra_splits(task, data_dir: str) -> dict[str, list]:
+    """The EXTRA_SPLITS present locally (not merely the dev file again), loaded."""
+    if not task.sources:
+        return {}
+    dev_files = task.resolve(data_dir, "dev")[0] if "dev" in task.sources else []
+    out = {}
+    for split in task.available_splits(data_dir):
+        if split in EXTRA_SPLITS and task.resolve(data_dir, split)[0] != dev_files:
+            out[split] = task.load(data_dir, split)
+    return out
+
+
+def score_splits(engine, task, extra: dict, tok, cfg: RunConfig, rank: int, world: int, run_dir: Path,
+                 epoch: int, mon) -> dict[str, Any]:
+    """Metrics of the labelled extra splits; GLUE-submission TSVs (RUN_DIR/submission/) for unlabelled ones."""
+    out: dict[str, Any] = {}
+    for split, (examples, encoded) in extra.items():
+        preds, _ = evaluate(engine, task, encoded, tok, cfg, rank, world)
+        if all(ex.label is not None for ex in examples):
+            out[split] = compute_metrics(task, preds, examples)
+            mon.log(f"  {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in out[split].items()))
+            if rank == 0:
+                for k, v in out[split].items():
+                    mon.tb.add_scalar(f"{split}/{k}", v, epoch)
+        elif rank == 0:
+            name = Path(task.folder).name if task.folder not in ("", ".") else task.name
+            path = run_dir / "submission" / f"{name}{SUBMISSION_SUFFIX.get(split, '-' + split)}.tsv"
+            write_submission(path, task, examples, preds)
+            out[split] = {"submission": str(path), "examples": len(examples)}
+    return out
+
+
+def _label_text(task, value, digits: bool = False) -> str:
+    if task.kind == "regression":
+        return f"{float(value):.3f}"
+    if digits or not task.label_names:
+        return str(int(value))
+    return task.label_names[int(value)]
+
+
+def write_submission(path: Path, task, examples, preds) -> None:
+    """index<TAB>prediction, as the GLUE server reads it: label names (entailment, ...) for the NLI tasks,
+    0/1 for those whose GLUE files use digits (CoLA, SST-2, MRPC, QQP, WNLI), 3 decimals for STS-B."""
+    rows = ["index\tprediction"] + [
+        f"{ex.meta.get('index', i)}\t{_label_text(task, p, task.name in GLUE_DIGIT_LABELS)}"
+        for i, (ex, p) in enumerate(zip(examples, preds))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, ("\n".join(rows) + "\n").encode())
+
+
 def write_predictions(path: Path, task, examples, preds) -> None:
-    """index<TAB>prediction (label names), GLUE-submission style, with the gold label where known."""
-    rows = ["index\tprediction\tlabel"]
-    for i, (ex, p) in enumerate(zip(examples, preds)):
-        name = f"{p:.4f}" if task.kind == "regression" else task.label_names[int(p)] if task.label_names else str(p)
-        gold = "" if ex.label is None else (f"{ex.label}" if task.kind == "regression" else
-                                             task.label_names[int(ex.label)] if task.label_names else str(ex.label))
-        rows.append(f"{ex.meta.get('index', i)}\t{name}\t{gold}")
+    """index<TAB>prediction<TAB>label (label names; regression values), one row per example."""
+    rows = ["index\tprediction\tlabel"] + [
+        f"{ex.meta.get('index', i)}\t{_label_text(task, p)}\t{'' if ex.label is None else _label_text(task, ex.label)}"
+        for i, (ex, p) in enumerate(zip(examples, preds))]
     atomic_write_bytes(path, ("\n".join(rows) + "\n").encode())
 
 

@@ -129,6 +129,36 @@ class Tokenizer:
         """Metadata: format, type, vocab_size, special ids and tokens, hash (+ training provenance)."""
         return dict(self._meta)
 
+    def missing_task_specials(self) -> list[str]:
+        """GPT-1 task tokens (start, delim, extract) this vocabulary lacks (a foreign one, e.g. GPT-2's)."""
+        return [name for name in ("start", "delim", "extract") if self._meta["special_ids"].get(name) is None]
+
+    def with_task_specials(self) -> Tokenizer:
+        """This tokenizer with the missing GPT-1 task tokens appended as new special ids (Hugging Face
+        tokenizers only; ours always have them). The model needs as many new embedding rows."""
+        missing = self.missing_task_specials()
+        if not missing:
+            return self
+        if self._hf is None:
+            raise TokenizerError(f"{self.path}: sentencepiece tokenizer without task specials; retrain it")
+        hf = self._hf
+        hf.add_tokens([SPECIALS[n] for n in missing], special_tokens=True)
+        meta = dict(self._meta, vocab_size=len(hf), special_ids=dict(self._meta["special_ids"]),
+                    special_tokens=dict(self._meta["special_tokens"]), added_task_specials=missing)
+        for name in missing:
+            meta["special_ids"][name] = hf.convert_tokens_to_ids(SPECIALS[name])
+            meta["special_tokens"][name] = SPECIALS[name]
+        return Tokenizer(self.path, meta, hf=hf)
+
+    def save_hf(self, folder: str | Path, max_length: int) -> None:
+        """Write Hugging Face tokenizer files into ``folder`` (Tokenizer.load and AutoTokenizer read them)."""
+        if self._hf is not None:
+            self._hf.save_pretrained(str(folder))
+            return
+        from gptscale.export import write_sentencepiece_as_hf  # the exact HF twin of our sentencepiece model
+
+        write_sentencepiece_as_hf(Path(self.path), Path(folder), self._meta, max_length)
+
 
 def _read_meta(folder: Path) -> dict[str, Any] | None:
     """Our metadata from ``folder/tokenizer.json``, or None when that file is absent or is HF's."""

@@ -1,0 +1,195 @@
+"""Fine-tuned model folders and `gptscale predict` (the seed's predict_sentiment, for every task).
+
+    gptscale predict --model runs/finetune/sst2/model --text "A gripping, funny film."
+    gptscale predict --model runs/finetune/rte/model --text "A man sleeps." --text-pair "A person rests."
+    gptscale predict --model runs/finetune/sst2/model --file reviews.tsv [--out preds.tsv]
+
+A fine-tuned model folder (written by finetune.py at its best dev epoch, atomically) is a Hugging Face
+folder whose GPT body loads with `transformers.AutoModelForCausalLM` and whose tokenizer loads with
+`AutoTokenizer`, plus the task head:
+
+    config.json, model.safetensors         the GPT body (as `gptscale export` writes it)
+    tokenizer files                        incl. the <|start|> <|delim|> <|extract|> task tokens
+    task_head.safetensors                  head.weight (out, d_model), head.bias (out,)
+    gptscale_task.json                     task name, kind, labels, symmetric, truncation, dev metrics
+
+`--file` reads one example per line: `text` or `text<TAB>text_pair` (a TSV/CSV with a header naming `text`
+and optionally `text_pair`, or JSON lines with those keys, also work); it prints `label<TAB>confidence`
+per line (regression: the value), or writes them as a TSV with --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptscale.files import atomic_dir, atomic_write_bytes
+from gptscale.heads import TaskModel, predictions
+from gptscale.tasks import TASKS, Example, Task, collate, encode_example
+
+TASK_FILE = "gptscale_task.json"
+HEAD_FILE = "task_head.safetensors"
+
+
+class PredictError(ValueError):
+    """A model folder or input file that cannot be used; the message names it and the fix."""
+
+
+def save_task_model(out: Path, state: dict[str, torch.Tensor], model_cfg, task: Task, tok, info: dict[str, Any],
+                    truncation: str = "halves") -> Path:
+    """Write the fine-tuned model folder from a TaskModel state dict (keys `gpt.*`, `head.*`), atomically."""
+    from safetensors.torch import save_file
+
+    from gptscale.convert import write_hf
+    from gptscale.model import GPT
+
+    gpt = GPT(model_cfg)
+    gpt.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("gpt.")}, strict=True)
+    with atomic_dir(out, overwrite=True) as tmp:
+        write_hf(gpt, tmp)
+        tok.save_hf(tmp, model_cfg.n_ctx)
+        save_file({k: state[k].contiguous() for k in ("head.weight", "head.bias")}, str(tmp / HEAD_FILE))
+        meta = {"task": task.name, "kind": task.kind, "num_labels": task.num_labels,
+                "label_names": task.label_names, "metrics": task.metrics, "symmetric": task.symmetric,
+                "truncation": truncation, "max_len": model_cfg.n_ctx, **info}
+        (tmp / TASK_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def _task_from_meta(meta: dict[str, Any]) -> Task:
+    known = TASKS.get(meta["task"])
+    if known is not None and known.kind == meta["kind"] and known.num_labels == meta["num_labels"]:
+        return known
+    return Task(name=meta["task"], kind=meta["kind"], num_labels=meta["num_labels"],
+                label_names=list(meta["label_names"]), metrics=list(meta["metrics"]), hub=("", None), folder="",
+                sources={}, symmetric=bool(meta["symmetric"]))
+
+
+class Predictor:
+    """A fine-tuned model folder, ready to label text: `Predictor(dir).predict([Example(...), ...])`."""
+
+    def __init__(self, folder: str | Path, device: str = "cpu"):
+        from safetensors.torch import load_file
+
+        from gptscale.convert import load_hf
+        from gptscale.tokenizer import Tokenizer
+
+        self.folder = Path(folder)
+        f = self.folder / TASK_FILE
+        if not f.is_file():
+            raise PredictError(f"--model {self.folder}: no {TASK_FILE}; pass the `model` folder a fine-tuning run "
+                               f"wrote (RUN_DIR/model), not a pre-training export")
+        self.meta = json.loads(f.read_text())
+        self.task = _task_from_meta(self.meta)
+        self.tok = Tokenizer.load(self.folder)
+        gpt = load_hf(self.folder)
+        self.model = TaskModel(gpt, self.task.kind, self.task.num_labels, clf_dropout=0.0)
+        head = load_file(str(self.folder / HEAD_FILE))
+        self.model.head.load_state_dict({k.removeprefix("head."): v for k, v in head.items()})
+        self.device = torch.device(device)
+        self.model.to(self.device).eval()
+
+    @torch.no_grad()
+    def predict(self, examples: list[Example], batch_size: int = 32) -> list[tuple[str, float]]:
+        """(label name or regression value as text, confidence) per example."""
+        out: list[tuple[str, float]] = []
+        for k in range(0, len(examples), batch_size):
+            enc = [encode_example(self.task, ex, self.tok, self.meta["max_len"], self.meta["truncation"])
+                   for ex in examples[k:k + batch_size]]
+            ids, pos, mask = (t.to(self.device) for t in collate(enc, self.tok.pad_id))
+            logits, _ = self.model(ids, pos, mask)
+            pred, conf = predictions(self.task.kind, logits)
+            for p, c in zip(pred.tolist(), conf.tolist()):
+                if self.task.kind == "regression":
+                    out.append((f"{p:.4f}", 1.0))
+                else:
+                    names = self.task.label_names
+                    out.append((names[int(p)] if names else str(int(p)), float(c)))
+        return out
+
+
+def read_examples(path: Path, pair: bool) -> list[Example]:
+    """Examples from a text/TSV/CSV/JSONL file (see the module docstring)."""
+    if not path.is_file():
+        raise PredictError(f"--file {path}: no such file")
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                    rows.append((rec["text"], rec.get("text_pair")))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise PredictError(f"{path}:{n}: expected a JSON object with \"text\" (and optional "
+                                       f"\"text_pair\")") from None
+        return [Example(a, b) for a, b in rows]
+    delim = "," if path.suffix == ".csv" else "\t"
+    table = list(csv.reader(lines, delimiter=delim, quoting=csv.QUOTE_MINIMAL if delim == "," else csv.QUOTE_NONE))
+    if table and table[0] and table[0][0] == "text":
+        head = table[0]
+        ia, ib = 0, head.index("text_pair") if "text_pair" in head else None
+        table = table[1:]
+    else:
+        ia, ib = 0, 1 if pair else None
+    out = []
+    for n, row in enumerate(table, 1):
+        if not row or not row[0].strip():
+            continue
+        if ib is not None and len(row) <= ib:
+            raise PredictError(f"{path}:{n}: needs text<TAB>text_pair for a pair task; found {len(row)} column(s)")
+        out.append(Example(row[ia], row[ib] if ib is not None else None))
+    return out
+
+
+def cli(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="gptscale predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a fine-tuned model folder (RUN_DIR/model of a finetune run)")
+    p.add_argument("--text", action="append", help="text to label (repeatable)")
+    p.add_argument("--text-pair", action="append", help="second text for pair tasks (one per --text)")
+    p.add_argument("--choice", action="append", help="an answer for multiple-choice tasks (repeat per choice)")
+    p.add_argument("--file", type=Path, help="batch mode: one example per line (see above)")
+    p.add_argument("--out", type=Path, help="batch mode: write text<TAB>label<TAB>confidence to this TSV")
+    p.add_argument("--batch-size", type=int, default=32)
+    a = p.parse_args(argv)
+    try:
+        pred = Predictor(a.model)
+        pair = bool(pred.meta.get("pair"))
+        if a.file:
+            examples = read_examples(a.file, pair)
+        elif a.text:
+            pairs = a.text_pair or [None] * len(a.text)
+            if len(pairs) != len(a.text):
+                raise PredictError(f"{len(a.text)} --text but {len(pairs)} --text-pair; give one pair per text")
+            examples = [Example(t, b, a.choice) for t, b in zip(a.text, pairs)]
+        else:
+            raise PredictError("give --text \"...\" (and --text-pair for pair tasks) or --file FILE")
+        if pair and any(ex.text_b is None for ex in examples):
+            raise PredictError(f"task {pred.task.name} ({pred.task.kind}) takes text pairs: add --text-pair "
+                               f"(or a second TSV column)")
+        if pred.task.kind == "multiple_choice" and not all(ex.choices for ex in examples):
+            raise PredictError(f"task {pred.task.name} is multiple choice: add one --choice per answer")
+        results = pred.predict(examples, a.batch_size)
+    except (PredictError, FileNotFoundError) as e:
+        print(f"gptscale predict: error: {e}", file=sys.stderr)
+        return 2
+    lines = [f"{label}\t{conf:.4f}" for label, conf in results]
+    if a.out:
+        body = ["text\ttext_pair\tlabel\tconfidence"] + [
+            f"{ex.text_a}\t{ex.text_b or ''}\t{line}" for ex, line in zip(examples, lines)]
+        atomic_write_bytes(a.out, ("\n".join(body) + "\n").encode())
+        print(f"{len(lines)} predictions -> {a.out}")
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

@@ -1,0 +1,125 @@
+"""Few-shot sweep (the seed's experiment, paper Table 5 in miniature): fine-tune one task on N training
+examples for several N and seeds, then one results table.
+
+    gptscale fewshot --task sst2 --train-samples 16,64,256,1024 --seeds 1,2,3 --out runs/fewshot/sst2 \\
+        -- --init runs/pretrain --data-dir ../shared/data --finetune.epochs=3
+
+Each run is `gptscale finetune` (or `torchrun --nproc_per_node P gptscale/finetune.py` with --nproc P) in
+its own folder OUT/n{N}_s{SEED}; a run whose metrics.json exists is not run again, so an interrupted
+sweep picks up where it stopped. OUT/results.tsv and results.json hold every run's best dev metrics and
+the mean and standard deviation over seeds for each N. `collect` and `write_table` are shared with the
+Slurm grid launcher (launcher/), which submits such runs as a job array.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from gptscale.files import atomic_write_bytes, atomic_write_json
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def collect(run_dirs: dict[str, Path]) -> list[dict[str, Any]]:
+    """One row per run name: its best dev metrics from RUN_DIR/metrics.json (missing runs say so)."""
+    rows = []
+    for name, d in run_dirs.items():
+        f = Path(d) / "metrics.json"
+        if not f.is_file():
+            rows.append({"run": name, "run_dir": str(d), "status": "missing"})
+            continue
+        m = json.loads(f.read_text())
+        best = dict(m["best"])
+        rows.append({"run": name, "run_dir": str(d), "status": "done", "task": m["task"], "primary": m["primary"],
+                     "value": best.get(m["primary"]), **best})
+    return rows
+
+
+def write_table(rows: list[dict[str, Any]], out: Path, keys: list[str]) -> str:
+    """results.tsv (one line per row, `keys` first then the metrics) + results.json, atomically; returns
+    the TSV text."""
+    metric_cols = sorted({k for r in rows for k in r} - set(keys) - {"run", "run_dir", "status", "task", "primary",
+                                                                    "value", "epoch"})
+    cols = keys + ["status", "epoch", "value"] + metric_cols + ["run_dir"]
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+    lines = ["\t".join(cols)] + ["\t".join(fmt(r.get(c)) for c in cols) for r in rows]
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "results.tsv", text.encode())
+    atomic_write_json(out / "results.json", rows)
+    return text
+
+
+def summarize(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    """Mean and standard deviation of the primary metric over the finished runs of each `by` value."""
+    groups: dict[Any, list[float]] = {}
+    for r in rows:
+        if r.get("status") == "done" and r.get("value") is not None:
+            groups.setdefault(r[by], []).append(float(r["value"]))
+    return [{by: k, "runs": len(v), "mean": statistics.fmean(v), "std": statistics.pstdev(v) if len(v) > 1 else 0.0}
+            for k, v in sorted(groups.items())]
+
+
+def finetune_command(nproc: int) -> list[str]:
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                str(REPO / "gptscale" / "finetune.py")]
+    return [sys.executable, "-m", "gptscale", "finetune"]
+
+
+def _ints(flag: str, text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"gptscale fewshot: {flag} {text!r}: expected comma-separated integers, e.g. 16,64,256")
+
+
+def cli(argv: list[str]) -> int:
+    if "--" in argv:
+        i = argv.index("--")
+        argv, passthrough = argv[:i], argv[i + 1:]
+    else:
+        passthrough = []
+    p = argparse.ArgumentParser(prog="gptscale fewshot", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True)
+    p.add_argument("--train-samples", required=True, help="comma-separated N, e.g. 16,64,256,1024")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated fine-tuning seeds (subset + init + order)")
+    p.add_argument("--out", type=Path, help="sweep folder (default runs/fewshot/TASK)")
+    p.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun) (default 1)")
+    a = p.parse_args(argv)
+    out = a.out or Path("runs/fewshot") / a.task
+    sizes, seeds = _ints("--train-samples", a.train_samples), _ints("--seeds", a.seeds)
+    runs: dict[str, Path] = {}
+    meta: dict[str, dict[str, int]] = {}
+    todo = [(n, s) for n in sizes for s in seeds]
+    for k, (n, s) in enumerate(todo, 1):
+        name = f"n{n}_s{s}"
+        run_dir = out / name
+        runs[name], meta[name] = run_dir, {"train_samples": n, "seed": s}
+        if (run_dir / "metrics.json").is_file():
+            print(f"[{k}/{len(todo)}] {name}: done already ({run_dir / 'metrics.json'})", flush=True)
+            continue
+        cmd = finetune_command(a.nproc) + ["--task", a.task, f"--finetune.train_samples={n}", f"--finetune.seed={s}",
+                                           f"--train.run_dir={run_dir}", *passthrough]
+        print(f"[{k}/{len(todo)}] {name}: {' '.join(cmd)}", flush=True)
+        r = subprocess.run(cmd, env=dict(os.environ))
+        if r.returncode != 0:
+            print(f"gptscale fewshot: run {name} failed (exit {r.returncode}); its log is {run_dir / 'train.log'}; "
+                  f"fix and rerun the same command to continue", file=sys.stderr)
+            return r.returncode
+    rows = [dict(meta[r["run"]], **r) for r in collect(runs)]
+    print(write_table(rows, out, ["train_samples", "seed"]), end="")
+    summary = summarize(rows, "train_samples")
+    atomic_write_json(out / "summary.json", summary)
+    for row in summary:
+        print(f"N={row['train_samples']}: {row['mean']:.4f} +- {row['std']:.4f} over {row['runs']} seeds")
+    print(f"results: {out / 'results.tsv'}, {out / 'summary.json'}")
+    return 0

@@ -1,0 +1,192 @@
+"""Fine-tuning outputs: per-split metrics, GLUE submissions, the fine-tuned model folder and `gptscale predict`;
+initialisation from an export / a foreign-vocabulary HF folder; --transfer-layers; the few-shot sweep."""
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptscale.config import RunConfig, model_config
+from gptscale.finetune import load_init, reinit_after
+from gptscale.model import GPT
+from test_pretrain import REPO, base_config, launch
+
+TINY = ["--model.preset=gpt2-tiny", "--model.n_ctx=64", "--model.dropout=0.0", "--train.precision=fp32",
+        "--train.ds_config=ds_configs/zero2.json", "--finetune.batch_size=8", "--finetune.micro_batch_size=8",
+        "--finetune.lr=1e-3"]
+
+
+def gptscale(*args, timeout=600, expect_ok=True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "gptscale", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, cwd=str(REPO), env=env)
+    if expect_ok:
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+@pytest.fixture(scope="module")
+def rte_run(tmp_path_factory, tok_dir, data_dir) -> Path:
+    run = tmp_path_factory.mktemp("rte") / "run"
+    gptscale("finetune", "--task", "rte", "--init", "none", "--data-dir", data_dir, f"--data.tokenizer={tok_dir}",
+             f"--train.run_dir={run}", "--finetune.train_samples=48", "--finetune.eval_samples=24",
+             "--finetune.epochs=2", *TINY)
+    return run
+
+
+def test_metrics_per_split_and_glue_submission(rte_run):
+    m = json.loads((rte_run / "metrics.json").read_text())
+    assert list(m["splits"]) == ["dev", "test"] and m["splits"]["dev"] == {
+        k: v for k, v in m["best"].items() if k != "epoch"}
+    sub = m["splits"]["test"]["submission"]
+    assert sub.endswith("submission/RTE.tsv")
+    rows = list(csv.reader(Path(sub).read_text().splitlines(), delimiter="\t"))
+    assert rows[0] == ["index", "prediction"] and len(rows) == 25
+    assert [r[0] for r in rows[1:]] == [str(i) for i in range(24)]  # GLUE's own index column, in order
+    assert {r[1] for r in rows[1:]} <= {"entailment", "not_entailment"}
+
+
+def test_model_folder_predict_matches_training_eval(rte_run, data_dir, tmp_path):
+    """The exported fine-tuned folder, read back by `gptscale predict`, labels the dev examples exactly as the
+    run's own evaluation did (predictions_dev.tsv of the best epoch)."""
+    folder = rte_run / "model"
+    meta = json.loads((folder / "gptscale_task.json").read_text())
+    assert meta["task"] == "rte" and meta["pair"] and meta["epoch"] == json.loads(
+        (rte_run / "metrics.json").read_text())["best"]["epoch"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(str(folder))  # the GPT body is a plain HF model
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    assert hf.config.vocab_size >= len(tok) and tok.convert_tokens_to_ids("<|extract|>") is not None
+    dev = list(csv.reader((data_dir / "glue" / "RTE" / "dev.tsv").read_text().splitlines(), delimiter="\t",
+                          quoting=csv.QUOTE_NONE))[1:25]
+    batch = tmp_path / "dev.tsv"
+    batch.write_text("".join(f"{r[1]}\t{r[2]}\n" for r in dev))
+    out = gptscale("predict", "--model", folder, "--file", batch).stdout.splitlines()
+    expected = [r.split("\t")[1] for r in (rte_run / "predictions_dev.tsv").read_text().splitlines()[1:]]
+    assert [line.split("\t")[0] for line in out] == expected
+    assert all(0.5 <= float(line.split("\t")[1]) <= 1.0 for line in out)
+    one = gptscale("predict", "--model", folder, "--text", dev[0][1], "--text-pair", dev[0][2]).stdout.split()
+    assert one[0] == expected[0]
+    bad = gptscale("predict", "--model", folder, "--text", "only one sentence", expect_ok=False)
+    assert bad.returncode == 2 and "--text-pair" in bad.stderr
+
+
+def test_sst2_submission_uses_glue_digits(tmp_path, tok_dir, data_dir):
+    run = tmp_path / "run"
+    gptscale("finetune", "--task", "sst2", "--init", "none", "--data-dir", data_dir, f"--data.tokenizer={tok_dir}",
+             f"--train.run_dir={run}", "--finetune.train_samples=16", "--finetune.eval_samples=10",
+             "--finetune.epochs=1", *TINY)
+    rows = (run / "submission" / "SST-2.tsv").read_text().splitlines()
+    assert rows[0] == "index\tprediction" and len(rows) == 11 and {r.split("\t")[1] for r in rows[1:]} <= {"0", "1"}
+    out = gptscale("predict", "--model", run / "model", "--text", "a gripping, funny film").stdout.split()
+    assert out[0] in ("negative", "positive") and 0.5 <= float(out[1]) <= 1.0
+
+
+def _foreign_gpt2_folder(folder: Path, corpus: Path) -> int:
+    """A GPT-2-family HF folder with its own byte-level BPE that has no GPT-1 task tokens (like gpt2)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train([str(corpus)], vocab_size=600, special_tokens=["<|endoftext|>"])
+    tok = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                            unk_token="<|endoftext|>")
+    tok.save_pretrained(str(folder))
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=64, n_layer=2, n_head=2,
+                               bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+                    ).save_pretrained(str(folder))
+    return len(tok)
+
+
+def test_foreign_vocab_gets_new_special_rows(tmp_path, shakespeare, data_dir):
+    folder = tmp_path / "gpt2like"
+    V = _foreign_gpt2_folder(folder, shakespeare)
+    from transformers import GPT2LMHeadModel
+
+    hf_wte = GPT2LMHeadModel.from_pretrained(str(folder)).transformer.wte.weight.detach()
+    cfg = RunConfig()
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, init=str(folder)))
+    torch.manual_seed(1)
+    gpt, tok = load_init(cfg)
+    assert (tok.start_id, tok.delim_id, tok.extract_id) == (V, V + 1, V + 2)
+    assert gpt.cfg.vocab_size == V + 3 and gpt.wte.weight.shape == (V + 3, 64)
+    assert torch.equal(gpt.wte.weight[:V], hf_wte)  # pre-trained rows untouched
+    new = gpt.wte.weight[V:]
+    assert 0.01 < new.std().item() < 0.03 and abs(new.mean().item()) < 0.01  # N(0, 0.02)
+    assert gpt.lm_head.weight is gpt.wte.weight  # still tied
+    ids = tok.encode("To be, or not to be")
+    assert max(ids) < V  # text never produces the new ids
+    # and the whole pipeline runs on it: fine-tune, model folder with the grown tokenizer, predict
+    run = tmp_path / "run"
+    gptscale("finetune", "--task", "rte", "--init", folder, "--data-dir", data_dir, f"--train.run_dir={run}",
+             "--finetune.train_samples=16", "--finetune.eval_samples=8", "--finetune.epochs=1", *TINY[3:])
+    out = gptscale("predict", "--model", run / "model", "--text", "A man sleeps.", "--text-pair", "He rests.")
+    assert out.stdout.split()[0] in ("entailment", "not_entailment")
+
+
+def test_init_from_run_and_its_export_agree_and_transfer_layers(tmp_path, shard_dir, tok_dir):
+    launch(base_config(tmp_path, shard_dir, tok_dir, max_steps=2, eval_interval=0, checkpoint_interval=2,
+                       warmup_steps=1), nproc=1)
+    gptscale("export", tmp_path / "run", "--out", tmp_path / "hf")
+    cfg = RunConfig()
+
+    def init(path):
+        return load_init(dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, init=str(path))))
+
+    (a, tok_a), (b, tok_b) = init(tmp_path / "run"), init(tmp_path / "hf")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert tok_a.encode("Hamlet, Prince") == tok_b.encode("Hamlet, Prince")
+    assert (tok_a.start_id, tok_a.extract_id) == (tok_b.start_id, tok_b.extract_id)
+    # --transfer-layers k: embeddings and the first k blocks stay, later blocks are re-initialised
+    torch.manual_seed(0)
+    reinit_after(b, 1)
+    sb = b.state_dict()
+    for k in sa:
+        same = torch.equal(sa[k], sb[k])
+        if k.startswith("h.1.") and k.endswith("weight") and "ln" not in k:
+            assert not same, k
+        elif not k.startswith("h.1."):
+            assert same, k
+    cfg_bad = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, init=str(tmp_path / "nothing")))
+    with pytest.raises(Exception, match="nothing"):
+        load_init(cfg_bad)
+
+
+def test_fewshot_sweep_table_and_resume(tmp_path, tok_dir, data_dir):
+    out = tmp_path / "sweep"
+    args = ["fewshot", "--task", "sst2", "--train-samples", "8,16", "--seeds", "1", "--out", out, "--",
+            "--init", "none", "--data-dir", data_dir, f"--data.tokenizer={tok_dir}", "--finetune.eval_samples=16",
+            "--finetune.epochs=1", *TINY]
+    first = gptscale(*args).stdout
+    rows = list(csv.DictReader((out / "results.tsv").read_text().splitlines(), delimiter="\t"))
+    assert [(r["train_samples"], r["seed"], r["status"]) for r in rows] == [("8", "1", "done"), ("16", "1", "done")]
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+    m8 = json.loads((out / "n8_s1" / "metrics.json").read_text())
+    assert m8["best"]["accuracy"] == pytest.approx(float(rows[0]["accuracy"]), abs=1e-4)
+    assert "N=8:" in first and "N=16:" in first
+    again = gptscale(*args).stdout
+    assert again.count("done already") == 2  # an interrupted or repeated sweep does not redo finished runs
+
+
+def test_reinit_after_keeps_only_first_blocks():
+    torch.manual_seed(0)
+    m = GPT(model_config("gpt2-tiny"))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    reinit_after(m, 1)
+    n_layer = m.cfg.n_layer
+    for k, v in m.state_dict().items():
+        if any(k.startswith(f"h.{i}.") for i in range(1, n_layer)) and k.endswith("weight") and ".ln" not in k:
+            assert not torch.equal(v, before[k]), k
+        elif not any(k.startswith(f"h.{i}.") for i in range(1, n_layer)):
+            assert torch.equal(v, before[k]), k
