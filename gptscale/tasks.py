@@ -175,8 +175,20 @@ class Task:
         return out
 
     def load(self, data_dir: str | Path, split: str) -> list[Example]:
-        """Examples of ``split`` read from the local files under ``data_dir``."""
-        paths, src = self.resolve(data_dir, split)
+        """Examples of ``split`` read from the local files under ``data_dir``; without them, from the
+        Hugging Face Hub when online (gptscale.task_hub; never when HF_HUB_OFFLINE=1)."""
+        try:
+            paths, src = self.resolve(data_dir, split)
+        except TaskDataError as local:
+            from gptscale import task_hub
+
+            if not self.hub[0] or split not in task_hub.HUB_SPLITS or task_hub.offline():
+                raise
+            try:
+                return task_hub.load_from_hub(self, split)
+            except Exception as e:  # no network, unknown split, gated dataset ...: report both ways tried
+                raise TaskDataError(f"{local} The Hub fallback datasets.load_dataset{self.hub} failed too "
+                                    f"({type(e).__name__}: {str(e)[:300]}); set HF_HUB_OFFLINE=1 to skip it") from None
         try:
             return src.parse(self, paths)
         except TaskDataError as e:
