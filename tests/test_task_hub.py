@@ -8,7 +8,7 @@ import sys
 import datasets
 import pytest
 
-from gptscale.task_hub import hub_examples, load_from_hub
+from gptscale.tasks.hub import hub_examples, load_from_hub
 from gptscale.tasks import TaskDataError, get_task
 from test_pretrain import REPO
 

@@ -1,0 +1,157 @@
+"""Task data types: a task, its sources (files and parsers) and examples."""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+KINDS = ("classification", "entailment", "similarity", "regression", "multiple_choice")
+TRUNCATION = ("halves", "share")
+
+
+class TaskDataError(ValueError):
+    """Task files that are missing or not in the expected layout; the message names file, layout and fix."""
+
+
+@dataclass
+class Example:
+    """One task example. ``choices`` only for multiple choice; ``label`` None on unlabelled test splits."""
+
+    text_a: str
+    text_b: str | None = None
+    choices: list[str] | None = None
+    label: int | float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+Parser = Callable[["Task", list[Path]], list[Example]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One way to find a split: glob patterns inside the task folder (all must match) and their parser."""
+
+    patterns: tuple[str, ...]
+    parse: Parser
+    layout: str
+    """Human description of the expected file layout (for error messages)."""
+
+
+@dataclass
+class Task:
+    """A fine-tuning task: what it predicts, how it is scored, where its local files are."""
+
+    name: str
+    kind: str
+    num_labels: int
+    """Classes (1 for regression, number of choices for multiple choice)."""
+    label_names: list[str]
+    metrics: list[str]
+    """Metric names of gptscale.metrics.METRICS, primary first."""
+    hub: tuple[str, str | None]
+    """Hugging Face datasets (name, config) used when there is no local data."""
+    folder: str
+    """Sub-folder of the data root holding the files, e.g. 'glue/RTE'."""
+    sources: dict[str, list[Source]]
+    """Split name -> candidate sources, first found wins."""
+    symmetric: bool = False
+    """Pair input without a natural order: encode both orderings (GPT-1 similarity)."""
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """Split names this task knows how to read locally (see ``available_splits`` for what exists)."""
+        return tuple(self.sources)
+
+    # ------------------------------------------------------------------------------ file resolution
+
+    def _folders(self, data_dir: Path) -> list[Path]:
+        parts = Path(self.folder).parts
+        cands = [data_dir / self.folder]
+        if len(parts) > 1:
+            cands.append(data_dir / parts[-1])  # data_dir is the glue/ folder
+        cands.append(data_dir)                   # data_dir is the task folder itself
+        return cands
+
+    def _match(self, folder: Path, src: Source) -> list[Path] | None:
+        found: list[Path] = []
+        for pat in src.patterns:
+            hits = sorted(Path(p) for p in glob.glob(str(folder / pat)))
+            if not hits:
+                return None
+            found += hits
+        return found
+
+    def resolve(self, data_dir: str | Path, split: str) -> tuple[list[Path], Source]:
+        """The file(s) ``split`` reads under ``data_dir`` and their source; TaskDataError when absent."""
+        if split not in self.sources:
+            raise TaskDataError(f"task {self.name!r} has no split {split!r}; known: {', '.join(self.sources)}")
+        root = Path(data_dir)
+        folders = [f for f in self._folders(root) if f.is_dir()]
+        for folder in folders:
+            for src in self.sources[split]:
+                hits = self._match(folder, src)
+                if hits:
+                    return hits, src
+        looked = ", ".join(str(f) for f in self._folders(root))
+        wanted = " or ".join(f"{' + '.join(s.patterns)} ({s.layout})" for s in self.sources[split])
+        raise TaskDataError(
+            f"task {self.name!r} split {split!r}: no file found; looked in {looked} for {wanted}. "
+            f"Pass --data-dir pointing at the data root (the folder holding {self.folder}/) or at the "
+            f"task folder itself")
+
+    def available_splits(self, data_dir: str | Path) -> list[str]:
+        """Split names whose files exist under ``data_dir``."""
+        out = []
+        for split in self.sources:
+            try:
+                self.resolve(data_dir, split)
+            except TaskDataError:
+                continue
+            out.append(split)
+        return out
+
+    def load(self, data_dir: str | Path, split: str) -> list[Example]:
+        """Examples of ``split`` read from the local files under ``data_dir``; without them, from the
+        Hugging Face Hub when online (gptscale/tasks/hub.py; never when HF_HUB_OFFLINE=1)."""
+        try:
+            paths, src = self.resolve(data_dir, split)
+        except TaskDataError as local:
+            from gptscale.tasks import hub as task_hub
+
+            if not self.hub[0] or split not in task_hub.HUB_SPLITS or task_hub.offline():
+                raise
+            try:
+                return task_hub.load_from_hub(self, split)
+            except Exception as e:  # no network, unknown split, gated dataset ...: report both ways tried
+                raise TaskDataError(f"{local} The Hub fallback datasets.load_dataset{self.hub} failed too "
+                                    f"({type(e).__name__}: {str(e)[:300]}); set HF_HUB_OFFLINE=1 to skip it") from None
+        try:
+            return src.parse(self, paths)
+        except TaskDataError as e:
+            raise TaskDataError(f"{e} [task {self.name} split {split!r} expects: {src.layout}; pass --data-dir "
+                                f"pointing at the original files]") from None
+
+    # ------------------------------------------------------------------------------------- labels
+
+    def label_of(self, raw: str, where: str) -> int | float:
+        """Label index (or float for regression) of a raw label string from a file."""
+        raw = raw.strip()
+        if self.kind == "regression":
+            try:
+                return float(raw)
+            except ValueError:
+                raise TaskDataError(f"{where}: label {raw!r} is not a number (task {self.name} is a "
+                                    f"regression)") from None
+        if raw in self.label_names:
+            return self.label_names.index(raw)
+        if raw.isdigit() and int(raw) < self.num_labels:
+            return int(raw)
+        raise TaskDataError(f"{where}: unknown label {raw!r} for task {self.name}; expected one of "
+                            f"{self.label_names} or 0..{self.num_labels - 1}")
+
+
+def _S(pattern: str | tuple[str, ...], parse: Parser, layout: str) -> Source:
+    return Source((pattern,) if isinstance(pattern, str) else pattern, parse, layout)
