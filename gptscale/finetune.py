@@ -208,7 +208,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
                         f"{lm_loss.item():.4f} | lr {engine.get_lr()[0]:.2e} | {rate:.1f} ex/s | eta "
                         f"{(total - gs) * ft.batch_size / max(rate, 1e-9):.0f}s")
             last_gs = gs
-        preds, _ = evaluate(engine, task, dev_enc, tok, cfg, rank, world)
+        preds, confs = evaluate(engine, task, dev_enc, tok, cfg, rank, world)
         metrics = compute_metrics(task, preds, dev_ex)
         history.append({"epoch": epoch + 1, **metrics})
         primary = task.metrics[0]
@@ -222,7 +222,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
             results.update(score_splits(engine, task, extra, tok, cfg, rank, world, run_dir, epoch + 1, mon))
             state = full_state_dict(engine)  # a collective under ZeRO-3
             if rank == 0:
-                write_predictions(run_dir / "predictions_dev.tsv", task, dev_ex, preds)
+                write_predictions(run_dir / "predictions_dev.tsv", task, dev_ex, preds, confs)
                 save_task_model(run_dir / "model", state, gpt.cfg, task, tok, {
                     "epoch": epoch + 1, "dev": metrics, "init": ft.init or "none", "pair": pair})
         if rank == 0:
@@ -292,11 +292,12 @@ def write_submission(path: Path, task, examples, preds) -> None:
     atomic_write_bytes(path, ("\n".join(rows) + "\n").encode())
 
 
-def write_predictions(path: Path, task, examples, preds) -> None:
-    """index<TAB>prediction<TAB>label (label names; regression values), one row per example."""
-    rows = ["index\tprediction\tlabel"] + [
-        f"{ex.meta.get('index', i)}\t{_label_text(task, p)}\t{'' if ex.label is None else _label_text(task, ex.label)}"
-        for i, (ex, p) in enumerate(zip(examples, preds))]
+def write_predictions(path: Path, task, examples, preds, confs) -> None:
+    """index<TAB>prediction<TAB>confidence<TAB>label (label names; regression values), one row per example."""
+    rows = ["index\tprediction\tconfidence\tlabel"] + [
+        f"{ex.meta.get('index', i)}\t{_label_text(task, p)}\t{c:.6f}\t"
+        f"{'' if ex.label is None else _label_text(task, ex.label)}"
+        for i, (ex, p, c) in enumerate(zip(examples, preds, confs))]
     atomic_write_bytes(path, ("\n".join(rows) + "\n").encode())
 
 

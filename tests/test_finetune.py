@@ -85,5 +85,5 @@ def test_rte_two_ranks_with_deepspeed_launcher(tmp_path, shard_dir, tok_dir, dat
     assert m["task"] == "rte" and m["primary"] == "accuracy" and len(m["epochs"]) == 2
     assert 0.0 <= m["best"]["accuracy"] <= 1.0
     rows = (tmp_path / "ft" / "predictions_dev.tsv").read_text().splitlines()
-    assert rows[0] == "index\tprediction\tlabel" and len(rows) == 41  # every dev example once, none doubled
+    assert rows[0] == "index\tprediction\tconfidence\tlabel" and len(rows) == 41  # every dev example once, none doubled
     assert {r.split("\t")[1] for r in rows[1:]} <= {"entailment", "not_entailment"}
