@@ -54,6 +54,18 @@ def test_metrics_per_split_and_glue_submission(rte_run):
     assert {r[1] for r in rows[1:]} <= {"entailment", "not_entailment"}
 
 
+def test_tensorboard_has_dev_metric_per_epoch(rte_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(rte_run / "tb"))
+    acc.Reload()
+    dev = acc.Scalars("dev/accuracy")
+    history = json.loads((rte_run / "metrics.json").read_text())["epochs"]
+    assert [e.step for e in dev] == [1, 2]
+    assert [e.value for e in dev] == pytest.approx([h["accuracy"] for h in history])
+    assert [e.step for e in acc.Scalars("finetune/task_loss")] == [10]  # 2 epochs x 6 steps, every 10th logged
+
+
 def test_model_folder_predict_matches_training_eval(rte_run, data_dir, tmp_path):
     """The exported fine-tuned folder, read back by `gptscale predict`, labels the dev examples exactly as the
     run's own evaluation did (predictions_dev.tsv of the best epoch)."""
@@ -81,11 +93,12 @@ def test_model_folder_predict_matches_training_eval(rte_run, data_dir, tmp_path)
     assert bad.returncode == 2 and "--text-pair" in bad.stderr
 
 
-def test_sst2_submission_uses_glue_digits(tmp_path, tok_dir, data_dir):
+def test_sst2_bf16_zero1_submission_uses_glue_digits(tmp_path, tok_dir, data_dir):
     run = tmp_path / "run"
     gptscale("finetune", "--task", "sst2", "--init", "none", "--data-dir", data_dir, f"--data.tokenizer={tok_dir}",
              f"--train.run_dir={run}", "--finetune.train_samples=16", "--finetune.eval_samples=10",
-             "--finetune.epochs=1", *TINY)
+             "--finetune.epochs=1", *TINY, "--train.precision=bf16", "--train.ds_config=ds_configs/zero1.json")
+    assert "precision: bf16" in (run / "config.yaml").read_text()
     rows = (run / "submission" / "SST-2.tsv").read_text().splitlines()
     assert rows[0] == "index\tprediction" and len(rows) == 11 and {r.split("\t")[1] for r in rows[1:]} <= {"0", "1"}
     out = gptscale("predict", "--model", run / "model", "--text", "a gripping, funny film").stdout.split()
