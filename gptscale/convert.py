@@ -179,6 +179,10 @@ def load_state(model: GPT, state: dict[str, torch.Tensor], source: str) -> None:
            if k in own and own[k].shape != v.shape]
     if bad:
         raise ValueError(f"{source}: shape mismatch: " + "; ".join(bad[:6]))
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        raise ValueError(f"{source}: weights do not match the model: missing {missing[:6]}, unexpected "
+                         f"{extra[:6]}; is it a complete OpenAI-GPT / GPT-2 checkpoint?")
     model.load_state_dict(state, strict=True)
 
 
@@ -252,10 +256,17 @@ def load_hf(folder: str | Path) -> GPT:
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{folder}: no config.json; expected a Hugging Face model folder")
-    cfg = config_from_hf(json.loads(cfg_file.read_text()))
+    try:
+        cfg = config_from_hf(json.loads(cfg_file.read_text()))
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{cfg_file}: {e}") from None
     state = _read_weights(folder)
     model = GPT(cfg)
-    load_state(model, from_hf_state_dict(state, cfg), str(folder))
+    try:
+        ours = from_hf_state_dict(state, cfg)
+    except KeyError as e:
+        raise ValueError(f"{folder}: {e.args[0]}") from None
+    load_state(model, ours, str(folder))
     return model
 
 

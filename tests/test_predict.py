@@ -230,3 +230,24 @@ def test_zero3_two_ranks_model_folder_is_the_gathered_model(tmp_path, tok_dir, d
     confs = [float(line.split("\t")[1]) for line in out]
     assert confs == pytest.approx([float(e[1]) for e in expected], abs=2e-4)
     assert len({round(c, 3) for c in confs}) > 4  # distinct per example: a real comparison, not a constant
+
+
+def test_init_from_incompatible_folders_is_a_clear_error(tmp_path, data_dir, shakespeare):
+    """A non-GPT HF folder, or a GPT-2 folder missing a weight, stops with the folder and the reason; never
+    random weights."""
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 64}))
+    p = gptscale("finetune", "--task", "rte", "--init", bert, "--data-dir", data_dir,
+                 f"--train.run_dir={tmp_path / 'r1'}", expect_ok=False)
+    assert p.returncode == 2 and f"{bert}/config.json" in p.stderr and "'bert' is not supported" in p.stderr
+    folder = tmp_path / "gpt2like"
+    _foreign_gpt2_folder(folder, shakespeare)
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(str(folder / "model.safetensors"))
+    del w["transformer.h.1.mlp.c_fc.weight"]
+    save_file(w, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    p = gptscale("finetune", "--task", "rte", "--init", folder, "--data-dir", data_dir,
+                 f"--train.run_dir={tmp_path / 'r2'}", expect_ok=False)
+    assert p.returncode == 2 and str(folder) in p.stderr and "h.1.mlp.c_fc.weight" in p.stderr
