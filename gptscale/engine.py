@@ -145,6 +145,8 @@ def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, to
     ds = build_ds_config(load_ds_config(train.ds_config), train, world_size)
     if load_universal:
         ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
+    if train.compile:
+        model.compile()  # in place: parameter names and state_dict keys stay as they are
     groups = param_groups(model, train.weight_decay)
     optimizer = None
     if "optimizer" not in ds:  # our own torch AdamW: no op compile, bit-exact resume at every stage

@@ -267,3 +267,21 @@ def test_preemption_signal_checkpoints_at_step_boundary_and_resumes_exactly(tmp_
     assert "resumed from" in out.stdout and "at step 3" in out.stdout
     straight, resumed = losses(stage_runs[2]), losses(run)
     assert resumed == straight
+
+
+def test_compile_matches_eager(tmp_path, shard_dir, tok_dir):
+    """train.compile=true (torch.compile before DeepSpeed) trains the same model: losses equal to eager's."""
+    runs = {}
+    for flag in ("false", "true"):
+        d = tmp_path / flag
+        d.mkdir()
+        cfg = base_config(d, shard_dir, tok_dir, max_steps=3, eval_interval=0, checkpoint_interval=100,
+                          grad_accum_steps=1)
+        launch(cfg, f"--train.compile={flag}", "--model.dropout=0.0", nproc=1,
+               env={"TORCHINDUCTOR_CACHE_DIR": str(d / "inductor")})
+        runs[flag] = losses(d / "run")
+    assert not any((tmp_path / "false" / "inductor").rglob("*.py"))  # (an empty folder may be made)
+    assert any((tmp_path / "true" / "inductor").rglob("*.py"))  # inductor really generated kernels
+    assert runs["true"].keys() == runs["false"].keys() == {1, 2, 3}
+    for step in runs["false"]:
+        assert runs["true"][step] == pytest.approx(runs["false"][step], rel=1e-4), step
