@@ -173,6 +173,7 @@ def _loss_scale(engine, precision: str) -> float | None:
 
 def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
     """Train per `cfg`; returns the final step's metrics (on every rank)."""
+    preempt = Preemption()  # first: a USR2 during setup (engine build, checkpoint load) is acted on after step 1
     rank, world, _ = init_distributed()
     run_dir = Path(cfg.train.run_dir)
     sources, manifests = check_data(cfg)
@@ -213,7 +214,6 @@ def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
     it = iter(loader)
     metrics: dict[str, Any] = {}
     t_last, steps_since = time.perf_counter(), 0
-    preempt = Preemption()
     try:
         while step < steps_total:
             loss = train_step(engine, it, cfg.train.grad_accum_steps, state)

@@ -27,27 +27,49 @@ from gptscale.files import atomic_write_bytes, atomic_write_json
 REPO = Path(__file__).resolve().parent.parent
 
 
+def read_best(run_dir: str | Path) -> dict[str, Any] | None:
+    """The best epoch of a fine-tuning run (RUN_DIR/metrics.json): metric, value, best_epoch and every metric;
+    None while the run has not written one."""
+    f = Path(run_dir) / "metrics.json"
+    if not f.is_file():
+        return None
+    m = json.loads(f.read_text())
+    best = {k: v for k, v in m["best"].items() if k != "epoch"}
+    return {"task": m["task"], "metric": m["primary"], "value": best.get(m["primary"]),
+            "best_epoch": m["best"].get("epoch"), **best}
+
+
 def collect(run_dirs: dict[str, Path]) -> list[dict[str, Any]]:
-    """One row per run name: its best dev metrics from RUN_DIR/metrics.json (missing runs say so)."""
+    """One row per run name: status done|missing and its best dev metrics."""
     rows = []
     for name, d in run_dirs.items():
-        f = Path(d) / "metrics.json"
-        if not f.is_file():
-            rows.append({"run": name, "run_dir": str(d), "status": "missing"})
-            continue
-        m = json.loads(f.read_text())
-        best = dict(m["best"])
-        rows.append({"run": name, "run_dir": str(d), "status": "done", "task": m["task"], "primary": m["primary"],
-                     "value": best.get(m["primary"]), **best})
+        best = read_best(d)
+        rows.append({"run": name, "run_dir": str(d), "status": "done" if best else "missing", **(best or {})})
     return rows
+
+
+def summarize(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation of each group's primary metric over its finished runs (grouped by
+    the values of `keys`, e.g. the seeds of one N, or of one task x lr), with n done of all."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = []
+    for k, rs in groups.items():
+        done = [float(r["value"]) for r in rs if r.get("status") == "done" and r.get("value") is not None]
+        out.append({**dict(zip(keys, k)), "metric": next((r["metric"] for r in rs if r.get("metric")), ""),
+                    "mean": statistics.fmean(done) if done else None,
+                    "std": statistics.stdev(done) if len(done) > 1 else (0.0 if done else None),
+                    "n": len(done), "of": len(rs)})
+    return out
 
 
 def write_table(rows: list[dict[str, Any]], out: Path, keys: list[str]) -> str:
     """results.tsv (one line per row, `keys` first then the metrics) + results.json, atomically; returns
     the TSV text."""
-    metric_cols = sorted({k for r in rows for k in r} - set(keys) - {"run", "run_dir", "status", "task", "primary",
-                                                                    "value", "epoch"})
-    cols = keys + ["status", "epoch", "value"] + metric_cols + ["run_dir"]
+    fixed = ["status", "metric", "value", "best_epoch"]
+    metric_cols = sorted({k for r in rows for k in r} - set(keys) - set(fixed) - {"run", "run_dir", "task"})
+    cols = keys + fixed + metric_cols + ["run_dir"]
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     lines = ["\t".join(cols)] + ["\t".join(fmt(r.get(c)) for c in cols) for r in rows]
     text = "\n".join(lines) + "\n"
@@ -55,16 +77,6 @@ def write_table(rows: list[dict[str, Any]], out: Path, keys: list[str]) -> str:
     atomic_write_bytes(out / "results.tsv", text.encode())
     atomic_write_json(out / "results.json", rows)
     return text
-
-
-def summarize(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
-    """Mean and standard deviation of the primary metric over the finished runs of each `by` value."""
-    groups: dict[Any, list[float]] = {}
-    for r in rows:
-        if r.get("status") == "done" and r.get("value") is not None:
-            groups.setdefault(r[by], []).append(float(r["value"]))
-    return [{by: k, "runs": len(v), "mean": statistics.fmean(v), "std": statistics.pstdev(v) if len(v) > 1 else 0.0}
-            for k, v in sorted(groups.items())]
 
 
 def finetune_command(nproc: int) -> list[str]:
@@ -117,9 +129,9 @@ def cli(argv: list[str]) -> int:
             return r.returncode
     rows = [dict(meta[r["run"]], **r) for r in collect(runs)]
     print(write_table(rows, out, ["train_samples", "seed"]), end="")
-    summary = summarize(rows, "train_samples")
+    summary = summarize(rows, ["train_samples"])
     atomic_write_json(out / "summary.json", summary)
     for row in summary:
-        print(f"N={row['train_samples']}: {row['mean']:.4f} +- {row['std']:.4f} over {row['runs']} seeds")
+        print(f"N={row['train_samples']}: {row['metric']} {row['mean']:.4f} +- {row['std']:.4f} over {row['n']} seeds")
     print(f"results: {out / 'results.tsv'}, {out / 'summary.json'}")
     return 0

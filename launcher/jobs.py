@@ -1,0 +1,118 @@
+"""The job submitit runs on every task: gptscale's own pre-training / fine-tuning entry point, requeue-able.
+
+`GptscaleJob(kind, argv, run_dir)` is a `submitit.helpers.Checkpointable`. On each task it turns the
+scheduler's variables into RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT (gptscale.dist for
+Slurm, submitit's TorchDistributedEnvironment for the local executor), then calls the same `cli()` that
+`python -m gptscale pretrain|finetune` runs. On SIGUSR2 (time limit or preemption) pre-training checkpoints
+at the next step boundary and hands the signal to submitit, which calls `checkpoint()` below, requeues the
+job and exits; the requeued job resumes from the run directory's `latest` checkpoint (`--resume auto`), so
+the resubmission is simply the same job. Fine-tuning has no mid-run checkpoint: it starts again from --init.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+KINDS = ("pretrain", "finetune")
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+class JobFailed(RuntimeError):
+    """The entry point returned an error; the message points at the task's log."""
+
+
+def resolve_run(kind: str, argv: list[str]) -> tuple[list[str], Path]:
+    """Check the config here, before queueing (a typo fails now, not hours later on a node), and pin the
+    run directory as an absolute path. Returns (argv with --train.run_dir=ABS, run_dir)."""
+    from gptscale.config import TrainConfig, load_config
+
+    cfg, rest = load_config(argv)  # raises ConfigError naming the bad key
+    run_dir = cfg.train.run_dir
+    if kind == "finetune" and run_dir == TrainConfig.run_dir:
+        task = _flag(rest, "--task") or cfg.finetune.task
+        run_dir = f"runs/finetune/{task}"  # finetune.cli's default: one folder per task
+    path = Path(run_dir).expanduser().resolve()
+    return [*argv, f"--train.run_dir={path}"], path
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def read_result(kind: str, run_dir: Path) -> dict[str, Any]:
+    """What a finished run leaves behind: fine-tuning's metrics.json, pre-training's last metrics record."""
+    out: dict[str, Any] = {"kind": kind, "run_dir": str(run_dir),
+                           "tensorboard": f"tensorboard --logdir {run_dir / 'tb'}"}
+    if kind == "finetune":
+        f = run_dir / "metrics.json"
+        if f.is_file():
+            out["metrics"] = json.loads(f.read_text())
+    else:
+        f = run_dir / "metrics.jsonl"
+        if f.is_file():  # the last step's records (training and validation) merged
+            recs = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+            last = max((r.get("step", 0) for r in recs), default=None)
+            if last is not None:
+                out["metrics"] = {k: v for r in recs if r.get("step") == last for k, v in r.items()}
+        latest = run_dir / "checkpoints" / "latest"
+        if latest.is_file():
+            out["checkpoint"] = str(run_dir / "checkpoints" / latest.read_text().strip())
+    return out
+
+
+def _export_dist_env() -> None:
+    """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* for this task (this process only: each task is its own process)."""
+    from gptscale.dist import setup_env
+
+    for k in DIST_VARS:  # values exported from the submitting shell would override the scheduler's
+        os.environ.pop(k, None)
+    if os.environ.get("SUBMITIT_EXECUTOR") == "local":
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    setup_env()  # Slurm: from SLURM_PROCID/NTASKS/LOCALID/JOB_NODELIST/JOB_ID (first host, port from job id)
+
+
+class GptscaleJob(submitit.helpers.Checkpointable):
+    """`python -m gptscale <kind> <argv>` on every task of the allocation; returns rank 0's results."""
+
+    def __init__(self, kind: str, argv: list[str], run_dir: str | Path):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.kind, self.argv, self.run_dir = kind, list(argv), Path(run_dir)
+
+    def __call__(self) -> dict[str, Any] | None:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # CPU nodes: DeepSpeed's CPU accelerator, gloo
+        _export_dist_env()
+        if self.kind == "pretrain":
+            from gptscale.pretrain import cli
+        else:
+            from gptscale.finetune import cli
+        rc = cli(self.argv)
+        if rc != 0:
+            env = submitit.JobEnvironment()
+            raise JobFailed(f"gptscale {self.kind} exited {rc} on rank {os.environ.get('RANK')}: its error is at the "
+                            f"end of {env.paths.stderr}")
+        if os.environ.get("RANK", "0") != "0":
+            return None
+        return read_result(self.kind, self.run_dir)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on rank 0 after SIGUSR2 (the training loop has saved its checkpoint by then):
+        resubmit the same job; it resumes from `latest` (pre-training) or starts again (fine-tuning)."""
+        print(f"launcher: requeueing {self.kind} job; run dir {self.run_dir}", flush=True)
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"GptscaleJob({self.kind}, run_dir={self.run_dir})"
