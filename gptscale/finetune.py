@@ -301,6 +301,11 @@ def write_predictions(path: Path, task, examples, preds, confs) -> None:
     atomic_write_bytes(path, ("\n".join(rows) + "\n").encode())
 
 
+def default_run_dir(task: str) -> str:
+    """Where a fine-tuning run goes when train.run_dir is left at its default: one folder per task."""
+    return f"runs/finetune/{task}"
+
+
 def cli(argv: list[str]) -> int:
     cfg, rest = load_config(argv)
     p = argparse.ArgumentParser(prog="gptscale finetune", description=__doc__,
@@ -314,7 +319,7 @@ def cli(argv: list[str]) -> int:
                                                                  ("data_dir", a.data_dir)) if v is not None})
     train = cfg.train
     if train.run_dir == TrainConfig.run_dir:  # default run dir: one per task
-        train = dataclasses.replace(train, run_dir=f"runs/finetune/{ft.task}")
+        train = dataclasses.replace(train, run_dir=default_run_dir(ft.task))
     try:
         main(dataclasses.replace(cfg, finetune=ft, train=train))
     except (FinetuneError, TaskDataError, FileNotFoundError, ValueError) as e:

@@ -35,7 +35,9 @@ def resolve_run(kind: str, argv: list[str]) -> tuple[list[str], Path]:
     run_dir = cfg.train.run_dir
     if kind == "finetune" and run_dir == TrainConfig.run_dir:
         task = _flag(rest, "--task") or cfg.finetune.task
-        run_dir = f"runs/finetune/{task}"  # finetune.cli's default: one folder per task
+        from gptscale.finetune import default_run_dir
+
+        run_dir = default_run_dir(task)  # finetune.cli's default: one folder per task
     path = Path(run_dir).expanduser().resolve()
     return [*argv, f"--train.run_dir={path}"], path
 
