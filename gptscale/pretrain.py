@@ -59,7 +59,9 @@ def check_data(cfg: RunConfig) -> tuple[dict[str, float], dict[str, dict]]:
                                 f"set --data.seq_len={m['seq_len']} or re-shard")
         if m["tokenizer"]["vocab_size"] > cfg.model.vocab_size:
             raise TrainingError(f"{uri}: tokenizer vocab {m['tokenizer']['vocab_size']} > model.vocab_size="
-                                f"{cfg.model.vocab_size}; set --model.vocab_size={m['tokenizer']['vocab_size']}")
+                                f"{cfg.model.vocab_size}; set --model.vocab_size={m['tokenizer']['vocab_size']} or more "
+                                f"(on GPUs a multiple of 64, e.g. "
+                                f"{-(-m['tokenizer']['vocab_size'] // 64) * 64}, is faster)")
     if cfg.data.seq_len > cfg.model.n_ctx:
         raise TrainingError(f"data.seq_len={cfg.data.seq_len} exceeds the model context model.n_ctx={cfg.model.n_ctx}")
     return sources, manifests
