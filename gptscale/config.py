@@ -11,22 +11,15 @@ naming the key, where it came from, and the nearest valid keys.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
-import functools
-import inspect
 import json
-import textwrap
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
-
-class ConfigError(ValueError):
-    """A bad key or value in a config file or on the command line."""
+from gptscale.config_types import ConfigError, coerce, field_docs, unknown_key  # noqa: F401 (re-exported)
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -257,106 +250,6 @@ class RunConfig:
 SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(RunConfig)[f.name] for f in dataclasses.fields(RunConfig)}
 
 
-# --------------------------------------------------------------------------------- docs and typing
-
-
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass, read from its source."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for stmt, nxt in zip(body, body[1:]):
-        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
-            docs[stmt.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
-    """Convert a file or CLI value to the field's type, or raise naming key, source and type."""
-    def bad(extra: str = "") -> ConfigError:
-        return ConfigError(
-            f"{where}: {key}={value!r} is not a valid {_type_name(tp)}{extra}"
-        )
-
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, where)
-            except ConfigError:
-                pass
-        raise bad()
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value in choices:
-            return value
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        raise bad(f"; choose one of {list(choices)}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise bad(" (use true or false)")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                try:
-                    f = float(value)  # "1e6"
-                    if f.is_integer():
-                        return int(f)
-                except ValueError:
-                    pass
-        raise bad()
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise bad()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad()
-    return value
-
-
-def _unknown_key(key: str, valid: list[str], where: str, prefix: str = "") -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""
-    return ConfigError(
-        f"{where}: unknown key {prefix + key!r}{hint} (valid keys: {', '.join(prefix + v for v in valid)})"
-    )
-
-
 # ----------------------------------------------------------------------------------- loading
 
 
@@ -378,9 +271,9 @@ def build_section(cls: type, values: dict[str, tuple[Any, str]], section: str) -
         kwargs["preset"] = name
     for key, (raw, where) in values.items():
         if key not in names:
-            raise _unknown_key(key, names, where, prefix=f"{section}.")
+            raise unknown_key(key, names, where, prefix=f"{section}.")
         if key != "preset":
-            kwargs[key] = _coerce(raw, hints[key], f"{section}.{key}", where)
+            kwargs[key] = coerce(raw, hints[key], f"{section}.{key}", where)
     return cls(**kwargs)
 
 
@@ -412,7 +305,7 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, tuple[Any, str]]]:
     out: dict[str, dict[str, tuple[Any, str]]] = {}
     for section, body in data.items():
         if section not in SECTIONS:
-            raise _unknown_key(str(section), list(SECTIONS), str(path))
+            raise unknown_key(str(section), list(SECTIONS), str(path))
         if not isinstance(body, dict):
             raise ConfigError(f"{path}: section {section!r} must be a mapping of key: value")
         out[section] = {str(k): (v, str(path)) for k, v in body.items()}
@@ -447,7 +340,7 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, dict[str, tu
                 value = argv[i]
             section, _, key = name[2:].partition(".")
             if section not in SECTIONS:
-                raise _unknown_key(section, list(SECTIONS), f"flag {name}")
+                raise unknown_key(section, list(SECTIONS), f"flag {name}")
             overrides.setdefault(section, {})[key] = (value, f"flag {name}")
         else:
             rest.append(arg)
