@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q --timeout=1500 tests
+	$(PY) -m pytest -q --timeout=1500 --durations=15 tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
