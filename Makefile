@@ -40,7 +40,10 @@ demo: setup
 	$(VENV)/bin/deepspeed --num_gpus $(NPROC) --master_port $(PORT) gptscale/finetune.py --task rte --init runs/demo/run \
 		--data-dir $(DATA) --train.run_dir=runs/demo/rte --train.precision=fp32 --finetune.micro_batch_size=8 \
 		--finetune.epochs=2
-	@echo "RTE dev metrics: runs/demo/rte/metrics.json; predictions: runs/demo/rte/predictions_dev.tsv"
+	$(VENV)/bin/gptscale predict --model runs/demo/rte/model --text "A man is playing a guitar on stage." \
+		--text-pair "A musician is performing."
+	@echo "RTE dev metrics: runs/demo/rte/metrics.json; predictions: runs/demo/rte/predictions_dev.tsv;" \
+		"GLUE submission: runs/demo/rte/submission/RTE.tsv; fine-tuned model: runs/demo/rte/model"
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir runs/demo/run/tb"
 	@echo "Hugging Face export: runs/demo/hf (transformers.AutoModelForCausalLM.from_pretrained('runs/demo/hf'))"
 
