@@ -99,3 +99,13 @@ def print0(*args, **kwargs) -> None:
 
 def device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly (barrier, then destroy) so no communicator thread is torn down by the
+    interpreter's exit (a 'terminate called without an active exception' abort after a finished run)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        try:
+            torch.distributed.barrier()
+        finally:
+            torch.distributed.destroy_process_group()

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from gptscale.config import RunConfig, TrainConfig, dump_yaml, load_config
-from gptscale.dist import device, init_distributed
+from gptscale.dist import device, init_distributed, shutdown
 from gptscale.engine import build_engine, full_state_dict
 from gptscale.files import atomic_write_bytes, atomic_write_json
 from gptscale.heads import TaskModel, predictions, task_loss
@@ -325,6 +325,7 @@ def cli(argv: list[str]) -> int:
     except (FinetuneError, TaskDataError, FileNotFoundError, ValueError) as e:
         print(f"gptscale finetune: error: {e}", file=sys.stderr, flush=True)
         return 2
+    shutdown()
     return 0
 
 

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from gptscale import checkpoint
 from gptscale.config import RunConfig, dump_yaml, load_config
 from gptscale.data.manifest import read_manifest
-from gptscale.dist import device, init_distributed, print0
+from gptscale.dist import device, init_distributed, print0, shutdown
 from gptscale.data.manifest import ShardError
 from gptscale.engine import DSConfigError, build_engine, load_ds_config, zero_stage
 from gptscale.files import atomic_write_bytes
@@ -265,6 +265,7 @@ def cli(argv: list[str]) -> int:
     except (TrainingError, DSConfigError, ShardError, FileNotFoundError) as e:
         print(f"gptscale pretrain: error: {e}", file=sys.stderr, flush=True)
         return 2
+    shutdown()
     return 0
 
 
