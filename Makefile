@@ -12,7 +12,7 @@ export DS_ACCELERATOR ?= cpu
 endif
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench bench-transfer clean
 
 setup: $(VENV)/.installed
 
@@ -51,6 +51,9 @@ bench: setup
 	$(PY) bench/model_speed.py
 	$(PY) bench/data.py
 	$(PY) bench/engine_overhead.py
+
+bench-transfer: setup  # ~25 min on 2 CPU cores: pre-train, then SST-2 / RTE pre-trained vs scratch
+	$(PY) bench/transfer.py --data $(DATA)
 
 clean:
 	rm -rf $(VENV) runs/demo .pytest_cache
