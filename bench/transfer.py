@@ -12,8 +12,8 @@ Drives the real command-line tools as subprocesses, the path users take:
 
 Figures are dev accuracy after the last fine-tuning epoch (no selection on dev; the best epoch is reported
 too), averaged over --ft-seeds. `*_gain` = pre-trained - scratch, `*_gain_se` its unpaired binomial standard
-error. Outputs go under --out (default runs/bench_transfer); the result is
-written atomically to OUT/result.json and printed as the LAST stdout line (one JSON object):
+error on the one dev set, `*_gain_per_seed` the spread. Outputs go under --out (default runs/bench_transfer);
+the result is written atomically to OUT/result.json and printed as the LAST stdout line (one JSON object):
 
     {"sst2_pretrained": ..., "sst2_scratch": ..., "sst2_gain": ..., "rte_pretrained": ..., "rte_scratch": ...,
      "rte_gain": ..., "budgets": {...}, "durations_s": {...}, ...}
@@ -241,8 +241,10 @@ def main() -> None:
             for key, pick in ((f"{task}_{arm}", "last"), (f"{task}_{arm}_best_epoch", "best")):
                 result[key] = round(statistics.mean(runs[f"{task}_{arm}_seed{s}"][pick] for s in a.ft_seeds), 4)
         result[f"{task}_gain"] = round(result[f"{task}_pretrained"] - result[f"{task}_scratch"], 4)
-        pa, sa = result[f"{task}_pretrained"], result[f"{task}_scratch"]  # unpaired binomial s.e. of the gain
-        result[f"{task}_gain_se"] = round(math.sqrt((pa * (1 - pa) + sa * (1 - sa)) / (n_dev * len(a.ft_seeds))), 4)
+        pa, sa = result[f"{task}_pretrained"], result[f"{task}_scratch"]  # unpaired binomial s.e. on one dev set
+        result[f"{task}_gain_se"] = round(math.sqrt((pa * (1 - pa) + sa * (1 - sa)) / n_dev), 4)
+        result[f"{task}_gain_per_seed"] = [round(runs[f"{task}_pretrained_seed{s}"]["last"]
+                                                 - runs[f"{task}_scratch_seed{s}"]["last"], 4) for s in a.ft_seeds]
         result[f"{task}_dev_examples"] = n_dev
 
     durations = {k: round(v, 1) for k, v in durations.items()}

@@ -191,6 +191,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     mon.log(f"gptscale finetune {task.name}: {len(train_ex)} train / {len(dev_ex)} dev examples, {ft.epochs} epochs "
             f"x {steps_per_epoch} steps of {ft.batch_size}, lm_coef {ft.lm_coef}, init {ft.init or 'none'}")
     labels = torch.tensor([ex.label for ex in train_ex])
+    engine.train()  # a checkpoint init comes back in eval mode: dropout must be on from the first step
     history, best, t0, last_gs = [], None, time.perf_counter(), 0
     for epoch in range(ft.epochs):
         for idx in batches(len(train_enc), ft.micro_batch_size, rank, world, ft.seed, epoch, shuffle=True):
