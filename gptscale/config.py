@@ -206,7 +206,8 @@ class FinetuneConfig:
     task: str = "rte"
     """Task name (rte, sst2, cola, mrpc, stsb, qqp, mnli, qnli, wnli, snli, scitail, race, ...)."""
     data_dir: str = ""
-    """Folder with the task's local files (GLUE TSV layout etc.); empty means the Hub dataset."""
+    """Folder with the task's local files (GLUE TSV layout etc.); empty: ../shared/data. Missing files
+    fall back to the task's Hub dataset when online."""
     init: str = ""
     """Pre-training run, checkpoint, export folder or local HF folder to start from; 'none': scratch."""
     lr: float = 6.25e-5

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gptscale.config import RunConfig, TrainConfig, dump_yaml, load_config
+from gptscale.config import (ConfigError, FinetuneConfig, RunConfig, TrainConfig, dump_yaml, field_docs,
+                             load_config)
 from gptscale.dist import device, init_distributed, shutdown
 from gptscale.engine import build_engine, full_state_dict
 from gptscale.files import atomic_write_bytes, atomic_write_json
@@ -307,22 +308,54 @@ def default_run_dir(task: str) -> str:
     return f"runs/finetune/{task}"
 
 
-def cli(argv: list[str]) -> int:
-    cfg, rest = load_config(argv)
+SHORT_FLAGS: dict[str, str] = {
+    "--task": "task", "--init": "init", "--data-dir": "data_dir", "--lm-coef": "lm_coef",
+    "--train-samples": "train_samples", "--transfer-layers": "transfer_layers", "--lr": "lr",
+    "--epochs": "epochs", "--batch-size": "batch_size", "--seed": "seed",
+}
+"""finetune.py's own flags: shorthands for the most used finetune.* keys (`--finetune.KEY=V` sets any key)."""
+
+
+def expand_flags(argv: list[str]) -> list[str]:
+    """Rewrite each SHORT_FLAGS flag in place as its --finetune.KEY=VALUE override (the last one given wins)."""
+    out, i = [], 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        if name in SHORT_FLAGS:
+            if not eq:
+                if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                    raise ConfigError(f"{name} needs a value: {name}=VALUE")
+                i += 1
+                value = argv[i]
+            out.append(f"--finetune.{SHORT_FLAGS[name]}={value}")
+        else:
+            out.append(argv[i])
+        i += 1
+    return out
+
+
+def resolve(argv: list[str]) -> RunConfig:
+    """The RunConfig of a fine-tuning command line: defaults < --config file < flags, in the order given;
+    train.run_dir left at its default becomes runs/finetune/TASK. Unknown flags are errors."""
+    cfg, rest = load_config(expand_flags(argv))
+    docs = field_docs(FinetuneConfig)
     p = argparse.ArgumentParser(prog="gptscale finetune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", help="task name (finetune.task)")
-    p.add_argument("--init", help="pre-training run/checkpoint, export/HF folder, or 'none' (finetune.init)")
-    p.add_argument("--data-dir", help="folder with the task files (finetune.data_dir; default ../shared/data)")
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Any key: --finetune.KEY=V, --train.KEY=V, --model.KEY=V, --data.KEY=V "
+                                       "(gptscale config --keys lists them); --config FILE for a YAML/JSON file.")
+    for flag, key in SHORT_FLAGS.items():
+        p.add_argument(flag, metavar=key.upper(), help=f"finetune.{key}: {docs[key]}")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
-    a = p.parse_args(rest)
-    ft = dataclasses.replace(cfg.finetune, **{k: v for k, v in (("task", a.task), ("init", a.init),
-                                                                 ("data_dir", a.data_dir)) if v is not None})
-    train = cfg.train
-    if train.run_dir == TrainConfig.run_dir:  # default run dir: one per task
-        train = dataclasses.replace(train, run_dir=default_run_dir(ft.task))
+    p.parse_args(rest)  # --help, and unknown flags are errors; SHORT_FLAGS are already in cfg
+    if cfg.train.run_dir == TrainConfig.run_dir:  # default run dir: one per task
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=default_run_dir(cfg.finetune.task)))
+    return cfg
+
+
+def cli(argv: list[str]) -> int:
     try:
-        main(dataclasses.replace(cfg, finetune=ft, train=train))
+        cfg = resolve(argv)
+        main(cfg)
     except (FinetuneError, TaskDataError, FileNotFoundError, ValueError) as e:
         print(f"gptscale finetune: error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -131,8 +131,10 @@ def cmd_grid(ns: argparse.Namespace, rest: list[str]) -> int:
 
     opts = options_from(ns)
     shared = _entry_args("finetune", rest)
-    if any(a == "--task" or a.startswith("--task=") for a in shared):
-        raise LauncherError("finetune-grid takes its tasks from --tasks; drop --task after `--`")
+    for flag, grid_flag in (("--task", "--tasks"), ("--finetune.task", "--tasks"), ("--lr", "--lrs"),
+                            ("--finetune.lr", "--lrs"), ("--seed", "--seeds"), ("--finetune.seed", "--seeds")):
+        if any(a == flag or a.startswith(flag + "=") for a in shared):
+            raise LauncherError(f"finetune-grid takes {flag} from {grid_flag}; drop {flag} after `--`")
     cells = grid_cells(ns.tasks, ns.seeds, ns.lrs, ns.out)
     jobs_argv = [resolve_run("finetune", [*shared, *c.args])[0] for c in cells]  # every cell's config checked here
     executor = make_executor(opts, name="gptscale-ft-grid")

@@ -29,26 +29,16 @@ class JobFailed(RuntimeError):
 def resolve_run(kind: str, argv: list[str]) -> tuple[list[str], Path]:
     """Check the config here, before queueing (a typo fails now, not hours later on a node), and pin the
     run directory as an absolute path. Returns (argv with --train.run_dir=ABS, run_dir)."""
-    from gptscale.config import TrainConfig, load_config
+    if kind == "finetune":
+        from gptscale.finetune import resolve
 
-    cfg, rest = load_config(argv)  # raises ConfigError naming the bad key
-    run_dir = cfg.train.run_dir
-    if kind == "finetune" and run_dir == TrainConfig.run_dir:
-        task = _flag(rest, "--task") or cfg.finetune.task
-        from gptscale.finetune import default_run_dir
+        run_dir = resolve(argv).train.run_dir  # finetune.py's own flags and default (runs/finetune/TASK)
+    else:
+        from gptscale.config import load_config
 
-        run_dir = default_run_dir(task)  # finetune.cli's default: one folder per task
+        run_dir = load_config(argv)[0].train.run_dir  # raises ConfigError naming the bad key
     path = Path(run_dir).expanduser().resolve()
     return [*argv, f"--train.run_dir={path}"], path
-
-
-def _flag(args: list[str], name: str) -> str | None:
-    for i, a in enumerate(args):
-        if a == name and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return None
 
 
 def read_result(kind: str, run_dir: Path) -> dict[str, Any]:

@@ -75,15 +75,40 @@ def test_rte_two_ranks_with_deepspeed_launcher(tmp_path, shard_dir, tok_dir, dat
     bin_dir = os.path.dirname(sys.executable)
     cmd = [os.path.join(bin_dir, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
            str(REPO / "gptscale" / "finetune.py"), "--task", "rte", "--init", str(tmp_path / "run"),
-           "--data-dir", str(data_dir), "--finetune.train_samples=64", "--finetune.eval_samples=40",
-           "--finetune.epochs=2", "--finetune.batch_size=16", "--finetune.micro_batch_size=4",
+           "--data-dir", str(data_dir), "--train-samples", "64", "--finetune.eval_samples=40",
+           "--epochs=2", "--batch-size", "16", "--finetune.micro_batch_size=4", "--lm-coef", "0.25",
            "--train.precision=fp32", f"--train.run_dir={tmp_path / 'ft'}", "--train.ds_config=ds_configs/zero2.json"]
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PATH=bin_dir + os.pathsep + os.environ["PATH"])
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=str(REPO))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     m = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert m["task"] == "rte" and m["primary"] == "accuracy" and len(m["epochs"]) == 2
+    import yaml
+
+    ft = yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())["finetune"]
+    assert (ft["lm_coef"], ft["train_samples"], ft["batch_size"]) == (0.25, 64, 16)  # the flags took effect
     assert 0.0 <= m["best"]["accuracy"] <= 1.0
     rows = (tmp_path / "ft" / "predictions_dev.tsv").read_text().splitlines()
     assert rows[0] == "index\tprediction\tconfidence\tlabel" and len(rows) == 41  # every dev example once, none doubled
     assert {r.split("\t")[1] for r in rows[1:]} <= {"entailment", "not_entailment"}
+
+
+def test_finetune_flags_resolve_in_order_and_unknown_ones_fail(tmp_path):
+    from gptscale.config import ConfigError
+    from gptscale.finetune import resolve
+
+    f = tmp_path / "ft.yaml"
+    f.write_text("finetune:\n  lm_coef: 0.1\n  epochs: 5\n")
+    cfg = resolve(["--config", str(f), "--task", "sst2", "--lm-coef=0", "--train-samples", "16",
+                   "--transfer-layers", "3", "--lr", "1e-4", "--seed=7", "--finetune.lr=2e-4"])
+    ft = cfg.finetune
+    assert (ft.task, ft.lm_coef, ft.epochs, ft.train_samples, ft.transfer_layers, ft.seed) == ("sst2", 0.0, 5, 16, 3, 7)
+    assert ft.lr == 2e-4  # the later of --lr and --finetune.lr wins
+    assert cfg.train.run_dir == "runs/finetune/sst2"
+    assert resolve(["--task", "rte", "--train.run_dir=x"]).train.run_dir == "x"
+    with pytest.raises(ConfigError, match="finetune.train_samples='many'"):
+        resolve(["--train-samples", "many"])
+    with pytest.raises(ConfigError, match="--lm-coef needs a value"):
+        resolve(["--lm-coef"])
+    with pytest.raises(SystemExit):
+        resolve(["--lm_coeff", "0.3"])
