@@ -52,7 +52,7 @@ bench: setup
 	$(PY) bench/data.py
 	$(PY) bench/engine_overhead.py
 
-bench-transfer: setup  # ~25 min on 2 CPU cores: pre-train, then SST-2 / RTE pre-trained vs scratch
+bench-transfer: setup  # ~17 min on 2 idle CPU cores: pre-train, then SST-2 / RTE pre-trained vs scratch
 	$(PY) bench/transfer.py --data $(DATA)
 
 clean:

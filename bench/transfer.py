@@ -4,7 +4,7 @@ Drives the real command-line tools as subprocesses, the path users take:
 
 1. `gptscale tokenizer train` (BPE on the Gutenberg corpus; or --tok DIR) and `gptscale shard`;
 2. `deepspeed --num_gpus N gptscale/pretrain.py --config OUT/pretrain.yaml`: a small pre-LN GPT pre-trained for
-   a fixed TOKEN budget (--pretrain-tokens; default 4.1M tokens: ~12 min with 2 ranks on 2 idle cores, 22 min
+   a fixed TOKEN budget (--pretrain-tokens; default 4.1M tokens: 9 min with 2 ranks on 2 idle cores, 22 min
    measured with the 2 cores shared, load average ~4-5);
 3. `deepspeed --num_gpus N gptscale/finetune.py --task T --init OUT/pretrain` and the same with `--init none`
    (same model shape, tokenizer, lr, batch, epochs, train subset and seeds) for SST-2 (a seeded subset of
@@ -18,7 +18,7 @@ the result is written atomically to OUT/result.json and printed as the LAST stdo
     {"sst2_pretrained": ..., "sst2_scratch": ..., "sst2_gain": ..., "rte_pretrained": ..., "rte_scratch": ...,
      "rte_gain": ..., "budgets": {...}, "durations_s": {...}, ...}
 
-    python bench/transfer.py                         # whole pipeline, ~23 min on 2 idle cores (37 min shared)
+    python bench/transfer.py                         # whole pipeline, ~17 min on 2 idle cores (37 min shared)
     python bench/transfer.py --reuse-pretrain        # keep OUT/pretrain if its config is unchanged
     python bench/transfer.py --reuse-pretrain --tasks sst2 --ft-seeds 42 43 44      # seed spread of the gain
     python bench/transfer.py --pretrain-tokens 1e6 --sst2-train 2000 --tasks sst2   # quicker, weaker
