@@ -232,6 +232,23 @@ class FinetuneConfig:
     """If set, evaluate on the first n dev examples only (quick runs)."""
     seed: int = 42
     """Seed of head init, dropout and data order."""
+    train_split: str = ""
+    """Split to train on; empty: the task's own (train). E.g. dev for SciTail / RACE when only dev and test
+    files are at hand."""
+    dev_split: str = ""
+    """Split scored after each epoch to keep the best; empty: the task's own (dev; Story Cloze and IMDB:
+    heldout). 'heldout': a fixed-seed part of the training split, left out of training."""
+    text_col: str = "text"
+    """custom task: column holding the text (the first text of a pair)."""
+    text_pair_col: str = ""
+    """custom task: column holding the second text of a pair; empty: single-text task."""
+    label_col: str = "label"
+    """custom task: column holding the label (may be absent from a test file)."""
+    task_kind: Literal["", "classification", "entailment", "similarity", "regression"] = ""
+    """custom task: kind; empty: inferred from the train labels (integers or strings -> classes, pairs of
+    them -> entailment, other numbers -> regression). similarity: both orderings, as GPT-1 did for pairs."""
+    label_names: str = ""
+    """custom task: comma-separated class names in label-id order; empty: inferred from the train labels."""
 
 
 @dataclass

@@ -33,8 +33,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+def atomic_write_json(path: str | Path, obj: Any, sort_keys: bool = True) -> None:
+    """JSON written atomically; sort_keys=False keeps the dicts' own order (metrics: primary first)."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=sort_keys) + "\n").encode())
 
 
 def sha256_file(path: str | Path, fs: Any = None) -> str:

@@ -33,7 +33,8 @@ from gptscale.heads import TaskModel, predictions, task_loss
 from gptscale.model import GPT
 from gptscale.monitor import Monitor
 from gptscale.predict import save_task_model
-from gptscale.tasks import TaskDataError, collate, compute_metrics, encode_example, get_task
+from gptscale.tasks import TaskDataError, collate, compute_metrics, encode_example
+from gptscale.tasks.registry import CUSTOM_DEFAULTS, finetune_task
 
 
 class FinetuneError(RuntimeError):
@@ -157,10 +158,10 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     """Fine-tune per cfg.finetune; returns the best epoch's dev metrics."""
     rank, world, _ = init_distributed()
     ft = cfg.finetune
-    task = get_task(ft.task)
+    task, data_dir = finetune_task(ft.task, ft.data_dir or "../shared/data",
+                                   **{k: getattr(ft, k) for k in CUSTOM_DEFAULTS})
     run_dir = Path(cfg.train.run_dir)
-    data_dir = ft.data_dir or "../shared/data"
-    train_ex, dev_ex = task.load(data_dir, "train"), task.load(data_dir, "dev")
+    train_ex, dev_ex, (train_split, dev_split) = task.fit_splits(data_dir, ft.train_split, ft.dev_split)
     if ft.train_samples is not None:
         keep = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(ft.seed))[: ft.train_samples]
         train_ex = [train_ex[i] for i in sorted(keep.tolist())]
@@ -176,7 +177,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     max_len = gpt.cfg.n_ctx
     train_enc, dev_enc = encode_split(task, train_ex, tok, max_len), encode_split(task, dev_ex, tok, max_len)
     extra = {k: (v[: ft.eval_samples], encode_split(task, v[: ft.eval_samples], tok, max_len))
-             for k, v in extra_splits(task, data_dir).items()}
+             for k, v in extra_splits(task, data_dir, (train_split, dev_split)).items()}
     pair = train_ex[0].text_b is not None
     results: dict[str, Any] = {}
     steps_per_epoch = len(train_enc) // ft.batch_size
@@ -189,7 +190,8 @@ def main(cfg: RunConfig) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.yaml", dump_yaml(cfg).encode())
     mon = Monitor(run_dir, rank, total)
-    mon.log(f"gptscale finetune {task.name}: {len(train_ex)} train / {len(dev_ex)} dev examples, {ft.epochs} epochs "
+    mon.log(f"gptscale finetune {task.name}: {len(train_ex)} train ({train_split}) / {len(dev_ex)} dev ({dev_split}) "
+            f"examples, {ft.epochs} epochs "
             f"x {steps_per_epoch} steps of {ft.batch_size}, lm_coef {ft.lm_coef}, init {ft.init or 'none'}")
     labels = torch.tensor([ex.label for ex in train_ex])
     engine.train()  # a checkpoint init comes back in eval mode: dropout must be on from the first step
@@ -230,7 +232,8 @@ def main(cfg: RunConfig) -> dict[str, Any]:
         if rank == 0:
             atomic_write_json(run_dir / "metrics.json", {"task": task.name, "primary": primary, "best": best,
                                                          "splits": results, "epochs": history,
-                                                         "model": str(run_dir / "model")})
+                                                         "train_split": train_split, "dev_split": dev_split,
+                                                         "model": str(run_dir / "model")}, sort_keys=False)
     mon.log(f"best epoch {best['epoch']}: {primary} {best[primary]:.4f}; model folder {run_dir / 'model'} "
             f"(gptscale predict --model {run_dir / 'model'} --text ...)")
     mon.close()
@@ -244,16 +247,13 @@ GLUE_DIGIT_LABELS = ("cola", "sst2", "mrpc", "qqp", "wnli")
 """GLUE tasks whose official files, and so its submission server, use 0/1 rather than label names."""
 
 
-def extra_splits(task, data_dir: str) -> dict[str, list]:
-    """The EXTRA_SPLITS present locally (not merely the dev file again), loaded."""
+def extra_splits(task, data_dir, used: tuple[str, str]) -> dict[str, list]:
+    """The EXTRA_SPLITS present locally that are not the files training or epoch selection read, loaded."""
     if not task.sources:
         return {}
-    dev_files = task.resolve(data_dir, "dev")[0] if "dev" in task.sources else []
-    out = {}
-    for split in task.available_splits(data_dir):
-        if split in EXTRA_SPLITS and task.resolve(data_dir, split)[0] != dev_files:
-            out[split] = task.load(data_dir, split)
-    return out
+    used_files = [task.resolve(data_dir, s)[0] for s in used if s in task.sources]
+    return {split: task.load(data_dir, split) for split in task.available_splits(data_dir)
+            if split in EXTRA_SPLITS and task.resolve(data_dir, split)[0] not in used_files}
 
 
 def score_splits(engine, task, extra: dict, tok, cfg: RunConfig, rank: int, world: int, run_dir: Path,
@@ -312,6 +312,7 @@ SHORT_FLAGS: dict[str, str] = {
     "--task": "task", "--init": "init", "--data-dir": "data_dir", "--lm-coef": "lm_coef",
     "--train-samples": "train_samples", "--transfer-layers": "transfer_layers", "--lr": "lr",
     "--epochs": "epochs", "--batch-size": "batch_size", "--seed": "seed",
+    "--text-col": "text_col", "--text-pair-col": "text_pair_col", "--label-col": "label_col",
 }
 """finetune.py's own flags: shorthands for the most used finetune.* keys (`--finetune.KEY=V` sets any key)."""
 

@@ -189,6 +189,23 @@ def test_wrong_columns_and_labels(tmp_path):
 # -------------------------------------------------------------------------------- imdb and custom
 
 
+def test_fit_splits_heldout_and_overrides(data_dir, loaded):
+    sc = TASKS["story_cloze"]
+    train, dev, names = sc.fit_splits(data_dir)
+    assert names == ("train", "heldout (374 of train)") and (len(train), len(dev)) == (1497, 374)  # GPT-1's split
+    ids = lambda xs: [e.meta["id"] for e in xs]  # noqa: E731
+    assert sorted(ids(train) + ids(dev)) == sorted(ids(loaded["story_cloze", "val"]))  # disjoint, nothing lost
+    assert ids(sc.fit_splits(data_dir)[1]) == ids(dev)  # fixed seed: every run selects on the same stories
+    train, dev, names = TASKS["race"].fit_splits(data_dir, "dev_middle", "dev_high")
+    assert names == ("dev_middle", "dev_high") and (len(train), len(dev)) == (1436, 3451)
+    assert len(TASKS["rte"].fit_splits(data_dir, dev_split="heldout")[1]) == 249  # a tenth of 2490
+    with pytest.raises(TaskDataError, match="the dev split 'dev' is the training split"):
+        TASKS["rte"].fit_splits(data_dir, "dev", "dev")
+    with pytest.raises(TaskDataError, match=r"scitail_1.0_train.tsv.*Splits present there: dev, test; .*"
+                                            r"--finetune.train_split=SPLIT"):
+        TASKS["scitail"].fit_splits(data_dir)
+
+
 def test_imdb_local_layouts(tmp_path):
     acl = tmp_path / "aclImdb"
     for split in ("train", "test"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,10 @@ from typing import Any
 
 KINDS = ("classification", "entailment", "similarity", "regression", "multiple_choice")
 TRUNCATION = ("halves", "share")
+HELDOUT = "heldout"
+"""Dev split name meaning: a seeded part of the training split, held out from training (see Task.fit_splits)."""
+HELDOUT_SEED = 3535999445
+"""Fixed, so every fine-tuning seed selects epochs on the same held-out examples (the GPT-1 reference code's seed)."""
 
 
 class TaskDataError(ValueError):
@@ -59,6 +64,13 @@ class Task:
     """Split name -> candidate sources, first found wins."""
     symmetric: bool = False
     """Pair input without a natural order: encode both orderings (GPT-1 similarity)."""
+    train_split: str = "train"
+    """Split fine-tuning trains on (finetune.train_split overrides it)."""
+    dev_split: str = "dev"
+    """Split scored after every epoch to pick the best one (finetune.dev_split overrides it); HELDOUT for
+    tasks without a dev file: ``heldout`` examples of the training split, left out of training."""
+    heldout: int = 0
+    """Examples a HELDOUT dev split takes, at most a fifth of the training split (0: a tenth of it)."""
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -100,7 +112,7 @@ class Task:
         raise TaskDataError(
             f"task {self.name!r} split {split!r}: no file found; looked in {looked} for {wanted}. "
             f"Pass --data-dir pointing at the data root (the folder holding {self.folder}/) or at the "
-            f"task folder itself")
+            f"task folder itself.")
 
     def available_splits(self, data_dir: str | Path) -> list[str]:
         """Split names whose files exist under ``data_dir``."""
@@ -133,6 +145,32 @@ class Task:
         except TaskDataError as e:
             raise TaskDataError(f"{e} [task {self.name} split {split!r} expects: {src.layout}; pass --data-dir "
                                 f"pointing at the original files]") from None
+
+    def fit_splits(self, data_dir: str | Path, train_split: str = "", dev_split: str = ""
+                   ) -> tuple[list[Example], list[Example], tuple[str, str]]:
+        """(train, dev, (train split, dev split)) for fine-tuning: the named splits, else the task's defaults.
+        A HELDOUT dev split is a seeded sample (HELDOUT_SEED) of the training split, which then leaves it out
+        (Story Cloze: GPT-1's 374 of the 1871 val stories; IMDB: 2500 of its 25k train reviews)."""
+        tr, dv = train_split or self.train_split, dev_split or self.dev_split
+        try:
+            train = self.load(data_dir, tr)
+        except TaskDataError as e:
+            here = [s for s in self.available_splits(data_dir) if s != tr]
+            raise TaskDataError(f"{e}" + (f". Splits present there: {', '.join(here)}; to fine-tune on them pass "
+                                          f"--finetune.train_split=SPLIT --finetune.dev_split=SPLIT|{HELDOUT}"
+                                          if here else "")) from None
+        if dv != HELDOUT:
+            if dv == tr:
+                raise TaskDataError(f"task {self.name}: the dev split {dv!r} is the training split; pass another "
+                                    f"--finetune.dev_split (splits: {', '.join(self.sources)}, or {HELDOUT})")
+            return train, self.load(data_dir, dv), (tr, dv)
+        n = min(self.heldout, len(train) // 5) if self.heldout else len(train) // 10
+        if not 0 < n < len(train):
+            raise TaskDataError(f"task {self.name}: cannot hold out {n} of the {len(train)} examples of split "
+                                f"{tr!r} as the dev split; pass --finetune.dev_split=<a split with its own file>")
+        dev_idx = set(random.Random(HELDOUT_SEED).sample(range(len(train)), n))
+        return ([ex for i, ex in enumerate(train) if i not in dev_idx], [train[i] for i in sorted(dev_idx)],
+                (tr, f"{HELDOUT} ({n} of {tr})"))
 
     # ------------------------------------------------------------------------------------- labels
 

@@ -249,10 +249,11 @@ def custom_task(text_col: str = "text", text_pair_col: str | None = None, label_
 
     patterns = {s: [_S(f"{s}.{ext}", parse, lay) for ext in ("csv", "tsv", "jsonl", "json")]
                 for s in ("train", "dev", "validation", "test")}
+    patterns["dev"] += patterns["validation"]  # dev.* else validation.*
     names = list(label_names or [])
     k = kind or "?"
     if kind == "regression":
         names = []
     return Task(name=name, kind=k, num_labels=max(len(names), 1), label_names=names,
                 metrics=["pearson", "spearman"] if kind == "regression" else ["accuracy"], hub=("", None),
-                folder=".", sources=patterns)
+                folder=".", sources=patterns, symmetric=kind == "similarity")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gptscale.tasks.base import Example, Source, Task, TaskDataError, _S
+from gptscale.tasks.base import HELDOUT, Example, Source, Task, TaskDataError, _S
 from gptscale.tasks.readers import (_imdb_acl, _imdb_table, _json_sample, _race, _story_cloze, _tsv,
                                     custom_task)
 
@@ -13,8 +13,6 @@ from gptscale.tasks.readers import (_imdb_acl, _imdb_table, _json_sample, _race,
 
 GLUE_TSV = "GLUE TSV"
 SAMPLE = 'JSON {"i": {"text_a", "text_b", "label"}}'
-
-
 
 
 def _glue_pair(a: str, b: str, label: str) -> dict[str, list[Source]]:
@@ -77,7 +75,7 @@ def _build_tasks() -> dict[str, Task]:
             _S((f"aclImdb/{split}/pos", f"aclImdb/{split}/neg"), _imdb_acl, "aclImdb folder"),
         ]
     add(name="imdb", kind="classification", num_labels=2, label_names=["neg", "pos"], metrics=["accuracy"],
-        hub=("stanfordnlp/imdb", None), folder="imdb", sources=imdb_sources)
+        hub=("stanfordnlp/imdb", None), folder="imdb", sources=imdb_sources, dev_split=HELDOUT, heldout=2500)
 
     mrpc_lay = f"{GLUE_TSV} with header (UTF-8 BOM): Quality, #1 ID, #2 ID, #1 String, #2 String"
     add(name="mrpc", kind="similarity", num_labels=2, label_names=["not_equivalent", "equivalent"],
@@ -150,7 +148,8 @@ def _build_tasks() -> dict[str, Task]:
 
     add(name="story_cloze", kind="multiple_choice", num_labels=2, label_names=["ending1", "ending2"],
         metrics=["accuracy"], hub=("LSDSem/story_cloze", "2016"), folder="story_cloze",
-        sources={"train": sc("val"), "val": sc("val"), "test": sc("test")})
+        sources={"train": sc("val"), "val": sc("val"), "test": sc("test")},
+        dev_split=HELDOUT, heldout=374)  # GPT-1's code: 1497 val stories train, 374 select, test.csv reports
     T["custom"] = custom_task()
     return T
 
@@ -178,3 +177,29 @@ def load_task(name: str, data_dir: str | Path, split: str, **custom: Any) -> lis
     if custom:
         raise TaskDataError(f"task {name!r} takes no column options ({sorted(custom)}); those are for 'custom'")
     return get_task(name).load(data_dir, split)
+
+
+CUSTOM_DEFAULTS = {"text_col": "text", "text_pair_col": "", "label_col": "label", "task_kind": "", "label_names": ""}
+"""The custom task's options (finetune.* keys of the same names) at their defaults."""
+
+
+def finetune_task(name: str, data_dir: str | Path, **custom: str) -> tuple[Task, Path]:
+    """(task, folder of its files) for a fine-tuning run. ``custom`` holds the CUSTOM_DEFAULTS options, which only
+    task ``custom`` takes; its ``data_dir`` may also be a single file: trained on, with a heldout dev split."""
+    set_keys = sorted(k for k, v in custom.items() if v != CUSTOM_DEFAULTS.get(k))
+    if name != "custom":
+        if set_keys:
+            raise TaskDataError(f"--finetune.{set_keys[0]} is an option of --task custom, not of {name!r}")
+        return get_task(name), Path(data_dir)
+    unknown = sorted(set(custom) - set(CUSTOM_DEFAULTS))
+    if unknown:
+        raise TaskDataError(f"custom task: unknown option(s) {unknown}; known: {sorted(CUSTOM_DEFAULTS)}")
+    o = {**CUSTOM_DEFAULTS, **custom}
+    task = custom_task(o["text_col"], o["text_pair_col"] or None, o["label_col"], o["task_kind"] or None,
+                       [x.strip() for x in o["label_names"].split(",") if x.strip()] or None)
+    p = Path(data_dir)
+    if p.is_file():
+        task.sources = {"train": [Source((p.name,), task.sources["train"][0].parse, task.sources["train"][0].layout)]}
+        task.dev_split = HELDOUT
+        return task, p.parent
+    return task, p
