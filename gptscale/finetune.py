@@ -34,7 +34,7 @@ from gptscale.model import GPT
 from gptscale.monitor import Monitor
 from gptscale.predict import save_task_model
 from gptscale.tasks import TaskDataError, collate, compute_metrics, encode_example
-from gptscale.tasks.registry import CUSTOM_DEFAULTS, finetune_task
+from gptscale.tasks.registry import task_for
 
 
 class FinetuneError(RuntimeError):
@@ -100,6 +100,20 @@ def reinit_after(model: GPT, k: int) -> None:
         model.h[i].load_state_dict(fresh.h[i].state_dict())
 
 
+CUSTOM_KEYS = {"text_col": "text_col", "text_pair_col": "text_pair_col", "label_col": "label_col",
+               "task_kind": "kind", "label_names": "label_names"}
+"""finetune.* keys of the custom task -> custom_task() keyword arguments."""
+
+
+def custom_options(ft: FinetuneConfig) -> dict[str, Any]:
+    """custom_task() keyword arguments from the custom-task keys set away from their defaults."""
+    default = FinetuneConfig()
+    out = {arg: getattr(ft, key) for key, arg in CUSTOM_KEYS.items() if getattr(ft, key) != getattr(default, key)}
+    if "label_names" in out:
+        out["label_names"] = [x.strip() for x in out["label_names"].split(",") if x.strip()]
+    return out
+
+
 def encode_split(task, examples, tok, max_len: int) -> list[list[list[int]]]:
     return [encode_example(task, ex, tok, max_len) for ex in examples]
 
@@ -158,8 +172,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     """Fine-tune per cfg.finetune; returns the best epoch's dev metrics."""
     rank, world, _ = init_distributed()
     ft = cfg.finetune
-    task, data_dir = finetune_task(ft.task, ft.data_dir or "../shared/data",
-                                   **{k: getattr(ft, k) for k in CUSTOM_DEFAULTS})
+    task, data_dir = task_for(ft.task, ft.data_dir or "../shared/data", **custom_options(ft))
     run_dir = Path(cfg.train.run_dir)
     train_ex, dev_ex, (train_split, dev_split) = task.fit_splits(data_dir, ft.train_split, ft.dev_split)
     if ft.train_samples is not None:
@@ -252,8 +265,15 @@ def extra_splits(task, data_dir, used: tuple[str, str]) -> dict[str, list]:
     if not task.sources:
         return {}
     used_files = [task.resolve(data_dir, s)[0] for s in used if s in task.sources]
-    return {split: task.load(data_dir, split) for split in task.available_splits(data_dir)
-            if split in EXTRA_SPLITS and task.resolve(data_dir, split)[0] not in used_files}
+    out = {}
+    for split in (s for s in EXTRA_SPLITS if s in task.sources):
+        try:
+            files = task.resolve(data_dir, split)[0]
+        except TaskDataError:
+            continue  # not here
+        if files not in used_files:
+            out[split] = task.load(data_dir, split)
+    return out
 
 
 def score_splits(engine, task, extra: dict, tok, cfg: RunConfig, rank: int, world: int, run_dir: Path,

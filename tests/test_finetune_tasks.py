@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gptscale.tasks import TASKS
-from test_predict import TINY
+from test_predict import TINY, child_env
 from test_pretrain import REPO
 
 pytestmark = pytest.mark.slow
@@ -47,9 +46,8 @@ json.dump(out, open(sys.argv[2], "w"))
 
 
 def sst2_rows(data_dir: Path, n: int) -> list[tuple[str, str]]:
-    with open(data_dir / "glue" / "SST-2" / "train.tsv", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
-    return [(r[0], r[1]) for r in rows[:n]]
+    """(sentence, "0"|"1") of the first n SST-2 training rows."""
+    return [(e.text_a, str(e.label)) for e in TASKS["sst2"].load(data_dir, "train")[:n]]
 
 
 def imdb_folder(root: Path, data_dir: Path) -> Path:
@@ -99,11 +97,8 @@ def runs(tmp_path_factory, tok_dir, data_dir) -> tuple[Path, dict[str, str]]:
                      "--finetune.label_names=no,yes"]
         plan[name] = ["--task", task, "--data-dir", data, f"--train.run_dir={root / name}", *common, *extra]
     (root / "plan.json").write_text(json.dumps(plan))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-c", DRIVER, str(root / "plan.json"), str(root / "status.json")],
-                       capture_output=True, text=True, timeout=900, cwd=str(REPO), env=env)
+                       capture_output=True, text=True, timeout=900, cwd=str(REPO), env=child_env())
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return root, json.loads((root / "status.json").read_text())
 
@@ -147,11 +142,11 @@ def test_split_choices_reach_the_run(runs):
 def test_custom_pair_model_folder_predicts_like_its_run(runs):
     """The custom similarity model folder keeps its kind, labels and both-orderings input for `gptscale predict`."""
     from gptscale.predict import Predictor
-    from gptscale.tasks.registry import finetune_task
+    from gptscale.tasks.registry import task_for
 
     root, _ = runs
-    task, folder = finetune_task("custom", root / "pairs.jsonl", text_col="s1", text_pair_col="s2", label_col="same",
-                                 task_kind="similarity", label_names="no,yes")
+    task, folder = task_for("custom", root / "pairs.jsonl", text_col="s1", text_pair_col="s2", label_col="same",
+                            kind="similarity", label_names=["no", "yes"])
     dev = task.fit_splits(folder)[1]
     rows = [r.split("\t") for r in (root / "custom_pair" / "predictions_dev.tsv").read_text().splitlines()[1:]]
     got = Predictor(root / "custom_pair" / "model").predict(dev)

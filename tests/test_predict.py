@@ -22,12 +22,16 @@ TINY = ["--model.preset=gpt2-tiny", "--model.n_ctx=64", "--model.dropout=0.0", "
         "--finetune.lr=1e-3"]
 
 
-def gptscale(*args, timeout=600, expect_ok=True) -> subprocess.CompletedProcess:
+def child_env() -> dict[str, str]:
+    """This environment without a launcher's process-group variables, on DeepSpeed's CPU accelerator."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    return dict(env, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+
+
+def gptscale(*args, timeout=600, expect_ok=True) -> subprocess.CompletedProcess:
     p = subprocess.run([sys.executable, "-m", "gptscale", *map(str, args)], capture_output=True, text=True,
-                       timeout=timeout, cwd=str(REPO), env=env)
+                       timeout=timeout, cwd=str(REPO), env=child_env())
     if expect_ok:
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p
@@ -215,10 +219,7 @@ def test_zero3_two_ranks_model_folder_is_the_gathered_model(tmp_path, tok_dir, d
            f"--data.tokenizer={tok_dir}", f"--train.run_dir={run}", "--finetune.train_samples=32",
            "--finetune.eval_samples=16", "--finetune.epochs=1", *TINY, "--train.ds_config=ds_configs/zero3.json",
            "--finetune.micro_batch_size=4"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
-    p = subprocess.run(cmd, env=dict(env, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1"), capture_output=True,
-                       text=True, timeout=600, cwd=str(REPO))
+    p = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=600, cwd=str(REPO))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     dev = list(csv.reader((data_dir / "glue" / "RTE" / "dev.tsv").read_text().splitlines(), delimiter="\t",
                           quoting=csv.QUOTE_NONE))[1:17]

@@ -164,42 +164,25 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def load_task(name: str, data_dir: str | Path, split: str, **custom: Any) -> list[Example]:
-    """Examples of ``split`` of task ``name``; ``custom`` keyword arguments go to ``custom_task``.
-
-    For ``custom``, ``data_dir`` may be a single file (read whatever the split)."""
-    if name == "custom":
-        task = custom_task(**custom)
-        p = Path(data_dir)
-        if p.is_file():
-            return task.sources["train"][0].parse(task, [p])
-        return task.load(p, split)
-    if custom:
-        raise TaskDataError(f"task {name!r} takes no column options ({sorted(custom)}); those are for 'custom'")
-    return get_task(name).load(data_dir, split)
-
-
-CUSTOM_DEFAULTS = {"text_col": "text", "text_pair_col": "", "label_col": "label", "task_kind": "", "label_names": ""}
-"""The custom task's options (finetune.* keys of the same names) at their defaults."""
-
-
-def finetune_task(name: str, data_dir: str | Path, **custom: str) -> tuple[Task, Path]:
-    """(task, folder of its files) for a fine-tuning run. ``custom`` holds the CUSTOM_DEFAULTS options, which only
-    task ``custom`` takes; its ``data_dir`` may also be a single file: trained on, with a heldout dev split."""
-    set_keys = sorted(k for k, v in custom.items() if v != CUSTOM_DEFAULTS.get(k))
+def task_for(name: str, data_dir: str | Path, **custom: Any) -> tuple[Task, Path]:
+    """(task, folder its files are in). ``custom`` holds ``custom_task`` keyword arguments, which only task
+    ``custom`` takes; its ``data_dir`` may be a single file, read for every split (fine-tuning then selects
+    epochs on a held-out part of it)."""
     if name != "custom":
-        if set_keys:
-            raise TaskDataError(f"--finetune.{set_keys[0]} is an option of --task custom, not of {name!r}")
+        if custom:
+            raise TaskDataError(f"task {name!r} takes no column options ({sorted(custom)}); those are for 'custom'")
         return get_task(name), Path(data_dir)
-    unknown = sorted(set(custom) - set(CUSTOM_DEFAULTS))
-    if unknown:
-        raise TaskDataError(f"custom task: unknown option(s) {unknown}; known: {sorted(CUSTOM_DEFAULTS)}")
-    o = {**CUSTOM_DEFAULTS, **custom}
-    task = custom_task(o["text_col"], o["text_pair_col"] or None, o["label_col"], o["task_kind"] or None,
-                       [x.strip() for x in o["label_names"].split(",") if x.strip()] or None)
+    task = custom_task(**custom)
     p = Path(data_dir)
-    if p.is_file():
-        task.sources = {"train": [Source((p.name,), task.sources["train"][0].parse, task.sources["train"][0].layout)]}
-        task.dev_split = HELDOUT
-        return task, p.parent
-    return task, p
+    if not p.is_file():
+        return task, p
+    first = task.sources["train"][0]
+    task.sources = {s: [Source((p.name,), first.parse, first.layout)] for s in task.sources}
+    task.dev_split = HELDOUT
+    return task, p.parent
+
+
+def load_task(name: str, data_dir: str | Path, split: str, **custom: Any) -> list[Example]:
+    """Examples of ``split`` of task ``name``; ``custom`` keyword arguments go to ``custom_task`` (see task_for)."""
+    task, folder = task_for(name, data_dir, **custom)
+    return task.load(folder, split)
