@@ -1,6 +1,6 @@
 """DeepSpeed engine training step vs a plain torch AdamW loop on the same model, one process, on CPU.
 
-The DeepSpeed side is what users get: ``gptscale.engine.build_engine`` (the run config filled into a
+The DeepSpeed side is what users get: ``gptscale.runtime.engine.build_engine`` (the run config filled into a
 ds_configs file, our torch AdamW handed to DeepSpeed, the LambdaLR schedule) and per step
 
     loss = engine(x, y)[1]; engine.backward(loss); engine.step()
@@ -44,11 +44,12 @@ import io
 import json
 import os
 import pstats
-import socket
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from gptscale.runtime.dist import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -56,17 +57,11 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def setup_single_process() -> None:
     for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ[k] = v
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    from gptscale.dist import init_distributed
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    from gptscale.runtime.dist import init_distributed
 
     init_distributed()
 
@@ -119,8 +114,8 @@ def bench_config(ds_config: str, args, profile: bool, no_allreduce: bool = False
     import torch
 
     from gptscale.config import TrainConfig, model_config
-    from gptscale.engine import build_engine, lr_multiplier, param_groups
     from gptscale.model import GPT
+    from gptscale.runtime.engine import build_engine, lr_multiplier, param_groups
 
     mcfg = model_config(args.preset, n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head,
                         d_ff=args.d_ff, n_ctx=args.seq, vocab_size=args.vocab, dropout=args.dropout)

@@ -21,7 +21,7 @@ import time
 import torch
 
 from gptscale.config import model_config
-from gptscale.convert import to_hf_model
+from gptscale.hf.convert import to_hf_model
 from gptscale.model import GPT
 
 DEFAULT_RUNS = [("gpt2-124m", 2, 256, 8), ("gpt2-tiny", 16, 64, 40)]  # (preset, batch, seq_len, iters)

@@ -32,7 +32,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,17 +42,13 @@ from typing import Any
 
 import yaml
 
+from gptscale.runtime.dist import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 LOAD: dict[str, float] = {}
 WARNINGS: list[str] = []
 PROGRESS = re.compile(r"^(step \d|epoch \d|gptscale |best |done:|wrote |.*error|Traceback)", re.IGNORECASE)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def child_env() -> dict[str, str]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptscale.config import PRESETS, ConfigError, SECTIONS, dump_yaml, field_docs, load_config, model_config
+from gptscale.config import PRESETS, SECTIONS, ConfigError, dump_yaml, field_docs, load_config, model_config
 
 
 def cmd_config(argv: list[str]) -> int:
@@ -60,7 +60,7 @@ def cmd_hf_check(argv: list[str]) -> int:
     transformers.AutoModelForCausalLM and compare logits and greedy generation with ours."""
     import torch
 
-    from gptscale.convert import check_hf_folder, export_hf
+    from gptscale.hf.convert import check_hf_folder, export_hf
     from gptscale.model import GPT
 
     parser = argparse.ArgumentParser(prog="gptscale hf-check", description=cmd_hf_check.__doc__)
@@ -108,19 +108,19 @@ def cmd_finetune(argv: list[str]) -> int:
 
 
 def cmd_predict(argv: list[str]) -> int:
-    from gptscale.predict import cli
+    from gptscale.tasks.predict import cli
 
     return cli(argv)
 
 
 def cmd_fewshot(argv: list[str]) -> int:
-    from gptscale.sweep import cli
+    from gptscale.tasks.sweep import cli
 
     return cli(argv)
 
 
 def cmd_export(argv: list[str]) -> int:
-    from gptscale.export import cli_export
+    from gptscale.hf.export import cli_export
 
     return cli_export(argv)
 

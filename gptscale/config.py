@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 from gptscale.config_types import ConfigError, coerce, field_docs, unknown_key  # noqa: F401 (re-exported)
 
-
 # --------------------------------------------------------------------------------------------- model
 
 

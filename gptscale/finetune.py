@@ -5,7 +5,7 @@
     gptscale finetune --task rte --init none
 
 Loss L3 = L2 (task) + finetune.lm_coef * L1 (auxiliary LM on the task inputs). The DeepSpeed engine is
-built exactly as for pre-training (gptscale.engine); the recipe comes from the `finetune` config section
+built exactly as for pre-training (gptscale.runtime.engine); the recipe comes from the `finetune` config section
 (GPT-1: lr 6.25e-5, batch 32, 3 epochs, linear warm-up over 0.2% of training then linear decay, clip 1,
 classifier dropout 0.1). Each epoch is evaluated on the dev split; RUN_DIR/metrics.json holds every
 epoch's metrics (primary first) and the best, RUN_DIR/predictions_dev.tsv the best epoch's predictions.
@@ -24,16 +24,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gptscale.config import (ConfigError, FinetuneConfig, RunConfig, TrainConfig, dump_yaml, field_docs,
-                             load_config)
-from gptscale.dist import device, init_distributed, shutdown
-from gptscale.engine import build_engine, full_state_dict
-from gptscale.files import atomic_write_bytes, atomic_write_json
-from gptscale.heads import TaskModel, predictions, task_loss
+from gptscale.config import ConfigError, FinetuneConfig, RunConfig, TrainConfig, dump_yaml, field_docs, load_config
+from gptscale.files import atomic_write_bytes
 from gptscale.model import GPT
-from gptscale.monitor import Monitor
-from gptscale.predict import save_task_model
-from gptscale.tasks import TaskDataError, collate, compute_metrics, encode_example
+from gptscale.runtime.dist import device, init_distributed, shutdown
+from gptscale.runtime.engine import build_engine, full_state_dict
+from gptscale.runtime.monitor import Monitor
+from gptscale.tasks import TaskDataError, collate, compute_metrics, encode_example, outputs
+from gptscale.tasks.heads import TaskModel, predictions, task_loss
+from gptscale.tasks.predict import save_task_model
 from gptscale.tasks.registry import task_for
 
 
@@ -54,11 +53,11 @@ def load_init(cfg: RunConfig) -> tuple[GPT, Any]:
         return GPT(dataclasses.replace(cfg.model, vocab_size=max(cfg.model.vocab_size, tok.vocab_size))), tok
     p = Path(init)
     if (p / "config.json").is_file():  # an export or any compatible HF folder
-        from gptscale.convert import load_hf
+        from gptscale.hf.convert import load_hf
 
         model, tok = load_hf(p), Tokenizer.load(cfg.data.tokenizer or p)
     else:
-        from gptscale.export import load_trained_model
+        from gptscale.hf.export import load_trained_model
 
         model, meta = load_trained_model(p)
         tok_dir = cfg.data.tokenizer or meta.get("tokenizer")
@@ -190,7 +189,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     max_len = gpt.cfg.n_ctx
     train_enc, dev_enc = encode_split(task, train_ex, tok, max_len), encode_split(task, dev_ex, tok, max_len)
     extra = {k: (v[: ft.eval_samples], encode_split(task, v[: ft.eval_samples], tok, max_len))
-             for k, v in extra_splits(task, data_dir, (train_split, dev_split)).items()}
+             for k, v in outputs.extra_splits(task, data_dir, (train_split, dev_split)).items()}
     pair = train_ex[0].text_b is not None
     results: dict[str, Any] = {}
     steps_per_epoch = len(train_enc) // ft.batch_size
@@ -239,41 +238,17 @@ def main(cfg: RunConfig) -> dict[str, Any]:
             results.update(score_splits(engine, task, extra, tok, cfg, rank, world, run_dir, epoch + 1, mon))
             state = full_state_dict(engine)  # a collective under ZeRO-3
             if rank == 0:
-                write_predictions(run_dir / "predictions_dev.tsv", task, dev_ex, preds, confs)
+                outputs.write_predictions(run_dir / outputs.PREDICTIONS_FILE, task, dev_ex, preds, confs)
                 save_task_model(run_dir / "model", state, gpt.cfg, task, tok, {
                     "epoch": epoch + 1, "dev": metrics, "init": ft.init or "none", "pair": pair})
         if rank == 0:
-            atomic_write_json(run_dir / "metrics.json", {"task": task.name, "primary": primary, "best": best,
-                                                         "splits": results, "epochs": history,
-                                                         "train_split": train_split, "dev_split": dev_split,
-                                                         "model": str(run_dir / "model")}, sort_keys=False)
+            outputs.write_metrics(run_dir, {"task": task.name, "primary": primary, "best": best, "splits": results,
+                                            "epochs": history, "train_split": train_split, "dev_split": dev_split,
+                                            "model": str(run_dir / "model")})
     mon.log(f"best epoch {best['epoch']}: {primary} {best[primary]:.4f}; model folder {run_dir / 'model'} "
             f"(gptscale predict --model {run_dir / 'model'} --text ...)")
     mon.close()
     return best or {}
-
-
-EXTRA_SPLITS = ("dev_matched", "dev_mismatched", "test", "test_matched", "test_mismatched")
-"""Splits scored at each best epoch besides dev: labelled ones get metrics, unlabelled ones a submission."""
-SUBMISSION_SUFFIX = {"test": "", "test_matched": "-m", "test_mismatched": "-mm"}
-GLUE_DIGIT_LABELS = ("cola", "sst2", "mrpc", "qqp", "wnli")
-"""GLUE tasks whose official files, and so its submission server, use 0/1 rather than label names."""
-
-
-def extra_splits(task, data_dir, used: tuple[str, str]) -> dict[str, list]:
-    """The EXTRA_SPLITS present locally that are not the files training or epoch selection read, loaded."""
-    if not task.sources:
-        return {}
-    used_files = [task.resolve(data_dir, s)[0] for s in used if s in task.sources]
-    out = {}
-    for split in (s for s in EXTRA_SPLITS if s in task.sources):
-        try:
-            files = task.resolve(data_dir, split)[0]
-        except TaskDataError:
-            continue  # not here
-        if files not in used_files:
-            out[split] = task.load(data_dir, split)
-    return out
 
 
 def score_splits(engine, task, extra: dict, tok, cfg: RunConfig, rank: int, world: int, run_dir: Path,
@@ -289,38 +264,10 @@ def score_splits(engine, task, extra: dict, tok, cfg: RunConfig, rank: int, worl
                 for k, v in out[split].items():
                     mon.tb.add_scalar(f"{split}/{k}", v, epoch)
         elif rank == 0:
-            name = Path(task.folder).name if task.folder not in ("", ".") else task.name
-            path = run_dir / "submission" / f"{name}{SUBMISSION_SUFFIX.get(split, '-' + split)}.tsv"
-            write_submission(path, task, examples, preds)
+            path = outputs.submission_path(run_dir, task, split)
+            outputs.write_submission(path, task, examples, preds)
             out[split] = {"submission": str(path), "examples": len(examples)}
     return out
-
-
-def _label_text(task, value, digits: bool = False) -> str:
-    if task.kind == "regression":
-        return f"{float(value):.3f}"
-    if digits or not task.label_names:
-        return str(int(value))
-    return task.label_names[int(value)]
-
-
-def write_submission(path: Path, task, examples, preds) -> None:
-    """index<TAB>prediction, as the GLUE server reads it: label names (entailment, ...) for the NLI tasks,
-    0/1 for those whose GLUE files use digits (CoLA, SST-2, MRPC, QQP, WNLI), 3 decimals for STS-B."""
-    rows = ["index\tprediction"] + [
-        f"{ex.meta.get('index', i)}\t{_label_text(task, p, task.name in GLUE_DIGIT_LABELS)}"
-        for i, (ex, p) in enumerate(zip(examples, preds))]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, ("\n".join(rows) + "\n").encode())
-
-
-def write_predictions(path: Path, task, examples, preds, confs) -> None:
-    """index<TAB>prediction<TAB>confidence<TAB>label (label names; regression values), one row per example."""
-    rows = ["index\tprediction\tconfidence\tlabel"] + [
-        f"{ex.meta.get('index', i)}\t{_label_text(task, p)}\t{c:.6f}\t"
-        f"{'' if ex.label is None else _label_text(task, ex.label)}"
-        for i, (ex, p, c) in enumerate(zip(examples, preds, confs))]
-    atomic_write_bytes(path, ("\n".join(rows) + "\n").encode())
 
 
 def default_run_dir(task: str) -> str:

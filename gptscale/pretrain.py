@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,16 +20,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gptscale import checkpoint
 from gptscale.config import RunConfig, dump_yaml, load_config
-from gptscale.data.manifest import read_manifest
-from gptscale.dist import device, init_distributed, print0, shutdown
-from gptscale.data.manifest import ShardError
-from gptscale.engine import DSConfigError, build_engine, load_ds_config, zero_stage
+from gptscale.data.manifest import ShardError, read_manifest
 from gptscale.files import atomic_write_bytes
 from gptscale.model import GPT
-from gptscale.monitor import Monitor, memory_gb, peak_tflops
-from gptscale.preempt import Preemption
+from gptscale.runtime import checkpoint, faults
+from gptscale.runtime.dist import device, init_distributed, print0, shutdown
+from gptscale.runtime.engine import DSConfigError, build_engine, load_ds_config, zero_stage
+from gptscale.runtime.monitor import Monitor, memory_gb, peak_tflops
+from gptscale.runtime.preempt import Preemption
 
 
 class TrainingError(RuntimeError):
@@ -110,11 +108,6 @@ def evaluate(engine, val, steps: int) -> float:
     return (total[0] / total[1]).item()
 
 
-def _nan_injection() -> set[int]:
-    """GPTSCALE_INJECT_NAN=3,4: micro-steps whose loss is replaced by NaN (fault injection for tests)."""
-    return {int(x) for x in os.environ.get("GPTSCALE_INJECT_NAN", "").split(",") if x.strip()}
-
-
 def train_step(engine, it, accum: int, state: dict) -> float:
     """One optimizer step of `accum` finite micro-batches; a non-finite loss on any rank skips that
     micro-batch on every rank (it is consumed, not retried). Returns the mean loss over ranks."""
@@ -142,15 +135,6 @@ def train_step(engine, it, accum: int, state: dict) -> float:
     mean = torch.stack(losses).mean().reshape(1)
     dist.all_reduce(mean)
     return mean.item() / dist.get_world_size()
-
-
-def _crash_point(step: int, rank: int) -> None:
-    """Fault injection for the resume tests: GPTSCALE_CRASH_AFTER_STEP=N makes rank 0 SIGKILL its whole
-    process group (launcher and every rank) right after checkpoint N is complete: a node dying."""
-    if rank == 0 and os.environ.get("GPTSCALE_CRASH_AFTER_STEP") == str(step):
-        import signal
-
-        os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 def _optimizer_name(engine) -> str:
@@ -212,7 +196,7 @@ def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
            f"world {world}, global batch {tokens_per_step // cfg.data.seq_len} x {cfg.data.seq_len} tokens, "
            f"{steps_total} steps -> {run_dir}")
     state = {"micro": 0, "skipped": 0, "bad_in_row": 0, "max_bad": cfg.train.max_bad_steps,
-             "inject_nan": _nan_injection()}
+             "inject_nan": faults.nan_micro_steps()}
     it = iter(loader)
     metrics: dict[str, Any] = {}
     t_last, steps_since = time.perf_counter(), 0
@@ -240,7 +224,7 @@ def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
             if stop or step % cfg.train.checkpoint_interval == 0 or step == steps_total:
                 checkpoint.save(engine, run_dir, cfg, step,
                                 {"step": step, "tokens": tokens, "data": loader.state_dict()}, zero_stage(ds))
-                _crash_point(step, rank)
+                faults.after_checkpoint(step, rank)
             if stop:
                 mon.log(f"preempted at step {step}: checkpoint {run_dir / 'checkpoints' / checkpoint.tag_for(step)}")
                 mon.close()

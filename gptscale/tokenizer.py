@@ -31,8 +31,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gptscale.files import atomic_write_bytes
 from gptscale.data.corpus import ERRORS, CorpusError, expand_inputs, read_source
+from gptscale.files import atomic_write_bytes
 
 SPECIALS = {"pad": "<pad>", "eod": "<|endoftext|>", "start": "<|start|>", "delim": "<|delim|>",
             "extract": "<|extract|>"}
@@ -155,7 +155,7 @@ class Tokenizer:
         if self._hf is not None:
             self._hf.save_pretrained(str(folder))
             return
-        from gptscale.export import write_sentencepiece_as_hf  # the exact HF twin of our sentencepiece model
+        from gptscale.hf.export import write_sentencepiece_as_hf  # the exact HF twin of our sentencepiece model
 
         write_sentencepiece_as_hf(Path(self.path), Path(folder), self._meta, max_length)
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launcher.executor import (
+from .executor import (
     ExecutorOptions,
     LauncherError,
     make_executor,
@@ -111,7 +111,7 @@ def _wait(job: Any) -> Any:
 
 
 def cmd_run(kind: str, ns: argparse.Namespace, rest: list[str]) -> int:
-    from launcher.jobs import GptscaleJob, resolve_run
+    from .jobs import GptscaleJob, resolve_run
 
     opts = options_from(ns)
     argv, run_dir = resolve_run(kind, _entry_args(kind, rest))
@@ -126,8 +126,8 @@ def cmd_run(kind: str, ns: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_grid(ns: argparse.Namespace, rest: list[str]) -> int:
-    from launcher.grid import aggregate, format_table, grid_cells, write_plan
-    from launcher.jobs import GptscaleJob, resolve_run
+    from .grid import aggregate, format_table, grid_cells, write_plan
+    from .jobs import GptscaleJob, resolve_run
 
     opts = options_from(ns)
     shared = _entry_args("finetune", rest)
@@ -141,7 +141,7 @@ def cmd_grid(ns: argparse.Namespace, rest: list[str]) -> int:
     meta = {"tasks": ns.tasks, "seeds": ns.seeds, "lrs": ns.lrs, "executor": opts.executor}
     jobs = []
     if opts.executor == "slurm":
-        from launcher.executor import check_request, explain_submit_error
+        from .executor import check_request, explain_submit_error
 
         check_request(opts)
         try:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         if ns.command == "aggregate":
-            from launcher.grid import aggregate, format_table
+            from .grid import aggregate, format_table
 
             print(format_table(aggregate(ns.out)[1]))
             return 0

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from gptscale.files import atomic_write_bytes, atomic_write_json
-from gptscale.sweep import read_best, summarize
+from gptscale.tasks.outputs import read_best
+from gptscale.tasks.sweep import summarize
 
 PLAN = "grid.json"
 

@@ -1,7 +1,7 @@
 """The job submitit runs on every task: gptscale's own pre-training / fine-tuning entry point, requeue-able.
 
 `GptscaleJob(kind, argv, run_dir)` is a `submitit.helpers.Checkpointable`. On each task it turns the
-scheduler's variables into RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT (gptscale.dist for
+scheduler's variables into RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT (gptscale.runtime.dist for
 Slurm, submitit's TorchDistributedEnvironment for the local executor), then calls the same `cli()` that
 `python -m gptscale pretrain|finetune` runs. On SIGUSR2 (time limit or preemption) pre-training checkpoints
 at the next step boundary and hands the signal to submitit, which calls `checkpoint()` below, requeues the
@@ -64,7 +64,7 @@ def read_result(kind: str, run_dir: Path) -> dict[str, Any]:
 
 def _export_dist_env() -> None:
     """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* for this task (this process only: each task is its own process)."""
-    from gptscale.dist import setup_env
+    from gptscale.runtime.dist import setup_env
 
     for k in DIST_VARS:  # values exported from the submitting shell would override the scheduler's
         os.environ.pop(k, None)

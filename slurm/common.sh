@@ -74,7 +74,7 @@ gptscale_launch() {
         "master $MASTER_ADDR:$MASTER_PORT, python $(command -v "$py"), cwd $PWD"
     echo "gptscale-slurm: $py -m gptscale $sub ${args[*]}"
 
-    # srun: every task gets SLURM_PROCID/NTASKS/LOCALID; gptscale.dist turns them into RANK/WORLD_SIZE/LOCAL_RANK.
+    # srun: every task gets SLURM_PROCID/NTASKS/LOCALID; gptscale.runtime.dist turns them into RANK/WORLD_SIZE/LOCAL_RANK.
     # --kill-on-bad-exit: one failed rank ends the step instead of leaving the others hanging in a collective.
     local srun_opts=(--kill-on-bad-exit=1 --unbuffered)
     if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then

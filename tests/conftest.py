@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import SHARD_ARGS, run_cli
+
 # Nothing in the tests may reach the Hugging Face hub (there is no network for it).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -63,19 +65,6 @@ def shakespeare(data_dir: Path) -> Path:
 N_SHARD_BOOKS = 12
 
 
-def run_cli(*args: str, timeout: float = 600) -> str:
-    """Run the `gptscale` console script as a user would; fail the test with its output on error."""
-    import shutil
-    import subprocess
-    import sys
-
-    exe = [shutil.which("gptscale")] if shutil.which("gptscale") else [sys.executable, "-m", "gptscale"]
-    p = subprocess.run([*exe, *args], capture_output=True, text=True, timeout=timeout)
-    if p.returncode != 0:
-        pytest.fail(f"gptscale {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}", pytrace=False)
-    return p.stdout + p.stderr
-
-
 @pytest.fixture(scope="session")
 def shard_books(all_gutenberg_files: list[Path]) -> list[Path]:
     """The 12 smallest Gutenberg books (~1 MB): enough text for a few dozen small shards."""
@@ -89,9 +78,6 @@ def tok_dir(tmp_path_factory, shard_books: list[Path]) -> Path:
     run_cli("tokenizer", "train", "--input", *map(str, shard_books), "--vocab-size", "2000", "--out", str(out),
             "--gutenberg")
     return out
-
-
-SHARD_ARGS = ["--seq-len", "32", "--val-fraction", "0.2", "--seed", "7", "--gutenberg", "--shard-size-mb", "0.02"]
 
 
 @pytest.fixture(scope="session")

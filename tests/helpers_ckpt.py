@@ -1,6 +1,6 @@
 """Write a small DeepSpeed checkpoint the way the pre-training loop lays it out (a helper for the tests).
 
-Run it as one process (plain ``python``, env vars set by gptscale.dist) or as several
+Run it as one process (plain ``python``, env vars set by gptscale.runtime.dist) or as several
 (``torchrun --standalone --nproc_per_node 2 tests/helpers_ckpt.py ...``):
 
     RUN_DIR/config.yaml
@@ -12,7 +12,7 @@ Run it as one process (plain ``python``, env vars set by gptscale.dist) or as se
                                                     full fp32 tensors, a fixed input and the trained model's
                                                     eval-mode logits on it
 
-With ``--verify-load`` every rank then builds a fresh engine, applies ``gptscale.safeload.install``, loads the
+With ``--verify-load`` every rank then builds a fresh engine, applies ``gptscale.runtime.safeload.install``, loads the
 checkpoint with ``engine.load_checkpoint`` and checks that one more optimizer step on the loaded engine gives
 bit-identical parameters to one more step on the engine that wrote it (so model, optimizer and LR scheduler
 states were all restored), and that every checkpoint file was read through the safe checkpoint engine. At
@@ -35,9 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gptscale.config import RunConfig, TrainConfig, dump_yaml, model_config
-from gptscale.dist import init_distributed
-from gptscale.engine import build_engine, load_ds_config, zero_stage
 from gptscale.model import GPT
+from gptscale.runtime.dist import init_distributed
+from gptscale.runtime.engine import build_engine, load_ds_config, zero_stage
 
 SEQ = 16
 
@@ -92,7 +92,7 @@ def save(engine, args, cfg, train, rank: int, world: int) -> tuple[Path, str]:
     run = Path(args.run_dir)
     ckpts = run / "checkpoints"
     tag = f"step_{args.steps:08d}"
-    client = {"gptscale_step": args.steps, "universal_checkpoint_info": {}}  # as gptscale.checkpoint does
+    client = {"gptscale_step": args.steps, "universal_checkpoint_info": {}}  # as gptscale.runtime.checkpoint does
     engine.save_checkpoint(str(ckpts), tag=tag, client_state=client, save_latest=False)
     torch.save({"torch": torch.get_rng_state()}, ckpts / tag / f"rng_rank{rank}.pt")
     if rank == 0:
@@ -121,7 +121,7 @@ def write_expected(engine, cfg, run: Path, rank: int) -> dict[str, torch.Tensor]
 
 
 def verify_load(engine, args, ckpts: Path, tag: str, rank: int, world: int, saved: dict) -> dict:
-    from gptscale.safeload import SafeCheckpointEngine, install
+    from gptscale.runtime.safeload import SafeCheckpointEngine, install
 
     module_only = None
     if zero_stage(engine.config) == 3:  # DeepSpeed rebuilds the weights with zero_to_fp32 on this path

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gptscale.runtime.dist import free_port
+
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server"]
 BINARIES = ["slurmctld", "slurmd", "slurmdbd", "sbatch", "srun", "sacct", "munged", "mariadbd",
             "mariadb-install-db"]
@@ -39,12 +41,6 @@ INSTALL_CMD = ("DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-r
 
 class ClusterError(RuntimeError):
     """The cluster could not be installed or started; the message names the command or log to look at."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _alive(pid: int) -> bool:
@@ -165,7 +161,7 @@ class SlurmCluster:
         for d in ("etc", "state", "run", "log", "munge", "dev", "mysql", *(f"spool/{n}" for n in NODES)):
             (r / d).mkdir(parents=True, exist_ok=True)
         os.chmod(r, 0o755)
-        self.ports = {k: _free_port() for k in ("ctld", "dbd", "mysql", *NODES)}
+        self.ports = {k: free_port() for k in ("ctld", "dbd", "mysql", *NODES)}
         for i in range(GPUS_PER_NODE):
             dev = r / "dev" / f"nvidia{i}"
             if not dev.exists():

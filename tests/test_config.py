@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from gptscale.config import (
-    PRESETS, ConfigError, ModelConfig, RunConfig, field_docs, from_dict, load_config, model_config, to_dict,
+    PRESETS,
+    ConfigError,
+    ModelConfig,
+    RunConfig,
+    field_docs,
+    from_dict,
+    load_config,
+    model_config,
+    to_dict,
 )
 from gptscale.model import GPT
 

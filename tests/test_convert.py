@@ -7,10 +7,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from gptscale import convert
 from gptscale.config import model_config
-from gptscale.convert import (
-    check_hf_folder, config_from_hf, export_hf, from_hf_model, from_hf_state_dict, hf_config, load_hf, to_hf_model,
+from gptscale.hf import convert
+from gptscale.hf.convert import (
+    check_hf_folder,
+    config_from_hf,
+    export_hf,
+    from_hf_model,
+    from_hf_state_dict,
+    hf_config,
+    load_hf,
+    to_hf_model,
 )
 from gptscale.model import GPT
 

@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from gptscale.data.corpus import (BATCH_ROWS, CorpusError, Document, clean_text, expand_inputs, iter_documents, read_source,
-                                  strip_gutenberg)
+from gptscale.data.corpus import (
+    BATCH_ROWS,
+    CorpusError,
+    Document,
+    clean_text,
+    expand_inputs,
+    iter_documents,
+    read_source,
+    strip_gutenberg,
+)
 
 START = re.compile(r"^[ \t]*\*{3}[ \t]*START OF (THE|THIS) PROJECT GUTENBERG", re.I | re.M)
 END = re.compile(r"^[ \t]*\*{3}[ \t]*END OF (THE|THIS) PROJECT GUTENBERG", re.I | re.M)

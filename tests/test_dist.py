@@ -2,7 +2,7 @@
 
 import pytest
 
-from gptscale import dist
+from gptscale.runtime import dist
 
 
 def test_first_slurm_host_without_scontrol(monkeypatch):

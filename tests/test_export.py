@@ -1,4 +1,4 @@
-"""Safe checkpoint loading (gptscale.safeload) and Hugging Face export (gptscale.export) on real DeepSpeed
+"""Safe checkpoint loading (gptscale.runtime.safeload) and Hugging Face export (gptscale.hf.export) on real DeepSpeed
 checkpoints: written by tests/helpers_ckpt.py with 2 ranks (ZeRO-2 GPT-2-style, ZeRO-3 GPT-1-style, each
 also reloaded through engine.load_checkpoint with install() applied) and with 1 rank (ZeRO-0, with a
 tokenizer trained on the Gutenberg books). The checkpoint-writing script gathers the trained parameters
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptscale.export import ExportError, cli_export, export_checkpoint, load_trained_model, resolve_checkpoint
-from gptscale.safeload import UnsafeCheckpointError, fp32_state_dict, safe_torch_load
+from gptscale.hf.export import ExportError, cli_export, export_checkpoint, load_trained_model, resolve_checkpoint
+from gptscale.runtime.safeload import UnsafeCheckpointError, fp32_state_dict, safe_torch_load
 from gptscale.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent

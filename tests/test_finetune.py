@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from gptscale.config import model_config
-from gptscale.heads import TaskModel, predictions, task_loss
 from gptscale.model import GPT
-from test_pretrain import REPO, base_config, free_port, launch
+from gptscale.tasks.heads import TaskModel, predictions, task_loss
+from helpers import REPO, base_config, free_port, launch
 
 
 def tiny(kind, num_labels=2):

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from gptscale.tasks import TASKS
-from test_predict import TINY, child_env
-from test_pretrain import REPO
+from helpers import REPO, TINY, child_env
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +31,7 @@ RUNS = [*(t for t in TASKS if t != "custom"), "custom", "custom_pair"]
 DRIVER = """
 import json, sys, traceback
 from gptscale.finetune import main, resolve
-from gptscale.dist import shutdown
+from gptscale.runtime.dist import shutdown
 out = {}
 for name, argv in json.load(open(sys.argv[1])).items():
     try:
@@ -141,7 +140,7 @@ def test_split_choices_reach_the_run(runs):
 
 def test_custom_pair_model_folder_predicts_like_its_run(runs):
     """The custom similarity model folder keeps its kind, labels and both-orderings input for `gptscale predict`."""
-    from gptscale.predict import Predictor
+    from gptscale.tasks.predict import Predictor
     from gptscale.tasks.registry import task_for
 
     root, _ = runs

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_pretrain import REPO, losses
 
-from launcher.executor import ExecutorOptions, LauncherError, parse_time
-from launcher.grid import GridCell, aggregate, format_table, grid_cells, write_plan
-from launcher.jobs import resolve_run
+from gptscale.launcher.executor import ExecutorOptions, LauncherError, parse_time
+from gptscale.launcher.grid import GridCell, aggregate, format_table, grid_cells, write_plan
+from gptscale.launcher.jobs import resolve_run
+from helpers import REPO, fault_env, losses
 
 pytest_plugins = ["slurm_cluster"]
 
@@ -102,7 +102,7 @@ def test_grid_table_from_run_dirs(tmp_path):
 
 def test_a_job_that_can_never_start_is_cancelled_not_left_pending(monkeypatch):
     """Clusters without EnforcePartLimits accept an impossible job and keep it PENDING (PartitionConfig)."""
-    import launcher.executor as ex
+    import gptscale.launcher.executor as ex
 
     class FakeJob:
         job_id, cancelled = "123", False
@@ -138,7 +138,7 @@ def test_local_executor_runs_a_finetune_here(tmp_path, tok_dir, data_dir):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_submission_script_requeues_signals_and_runs_one_task_per_gpu(slurm_cluster, tmp_path):
-    from launcher.executor import make_executor
+    from gptscale.launcher.executor import make_executor
 
     opts = ExecutorOptions(nodes=2, gpus_per_node=8, cpus_per_task=6, time="1-00:00:00", partition="gpu",
                            account="proj", signal_delay_s=240, folder=str(tmp_path))
@@ -198,7 +198,7 @@ def test_interrupted_launcher_job_checkpoints_requeues_and_resumes_exactly(slurm
     folder, run = tmp_path / "submitit", tmp_path / "run"
     cmd = [sys.executable, "-m", "launcher", "pretrain", "--nodes", "2", *CPU_SLURM, "--folder", str(folder),
            "--wait", "--", str(cfg), f"--train.run_dir={run}"]
-    proc = subprocess.Popen(cmd, env=slurm_cluster.job_env(GPTSCALE_PREEMPT_WAIT_AT_STEP="3"), cwd=REPO,
+    proc = subprocess.Popen(cmd, env=slurm_cluster.job_env(**fault_env(preempt_wait_at_step=3)), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         head = ""

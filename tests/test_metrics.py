@@ -1,4 +1,4 @@
-"""gptscale.metrics against scikit-learn and scipy on many random inputs and the edge cases."""
+"""gptscale.tasks.metrics against scikit-learn and scipy on many random inputs and the edge cases."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import warnings
 
 import numpy as np
 import pytest
-
-from gptscale import metrics as M
-
-import sklearn.metrics as sk  # noqa: E402  (test-only dependency: the dev extra)
 import scipy.stats as stats  # noqa: E402
+import sklearn.metrics as sk  # noqa: E402  (test-only dependency: the dev extra)
+
+from gptscale.tasks import metrics as M
 
 # sklearn warns about single-class inputs; those are exactly the edge cases we check
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -4,7 +4,6 @@ initialisation from an export / a foreign-vocabulary HF folder; --transfer-layer
 import csv
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,26 +14,7 @@ import torch
 from gptscale.config import RunConfig, model_config
 from gptscale.finetune import load_init, reinit_after
 from gptscale.model import GPT
-from test_pretrain import REPO, base_config, launch
-
-TINY = ["--model.preset=gpt2-tiny", "--model.n_ctx=64", "--model.dropout=0.0", "--train.precision=fp32",
-        "--train.ds_config=ds_configs/zero2.json", "--finetune.batch_size=8", "--finetune.micro_batch_size=8",
-        "--finetune.lr=1e-3"]
-
-
-def child_env() -> dict[str, str]:
-    """This environment without a launcher's process-group variables, on DeepSpeed's CPU accelerator."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
-    return dict(env, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-
-
-def gptscale(*args, timeout=600, expect_ok=True) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "gptscale", *map(str, args)], capture_output=True, text=True,
-                       timeout=timeout, cwd=str(REPO), env=child_env())
-    if expect_ok:
-        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return p
+from helpers import REPO, TINY, base_config, child_env, gptscale, launch
 
 
 @pytest.fixture(scope="module")

@@ -1,70 +1,11 @@
 """Pre-training with DeepSpeed on 2 real ranks (CPU, gloo) on real Gutenberg shards."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-PRETRAIN = str(REPO / "gptscale" / "pretrain.py")
-
-
-def base_config(tmp: Path, shard_dir: Path, tok_dir: Path, **train) -> Path:
-    cfg = {
-        "model": {"preset": "gpt2-tiny", "vocab_size": 2000, "n_ctx": 64},
-        "data": {"shards": str(shard_dir), "tokenizer": str(tok_dir), "seq_len": 32},
-        "train": {"run_dir": str(tmp / "run"), "ds_config": str(REPO / "ds_configs" / "zero2.json"),
-                  "precision": "fp32", "micro_batch_size": 4, "grad_accum_steps": 2, "max_steps": 8,
-                  "warmup_steps": 2, "log_interval": 1, "eval_interval": 4, "eval_steps": 2,
-                  "checkpoint_interval": 4, "lr": 1e-3, "peak_tflops": 1.0, **train},
-    }
-    f = tmp / "run.yaml"
-    f.write_text(yaml.safe_dump(cfg))
-    return f
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(config: Path, *overrides: str, nproc: int = 2, launcher: str = "torchrun", env: dict | None = None,
-           expect_ok: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Start a real multi-process run as a user would, in its own process group."""
-    bin_dir = str(Path(sys.executable).parent)
-    if nproc == 1 and launcher == "torchrun":
-        cmd = [sys.executable, "-m", "gptscale", "pretrain"]
-    elif launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), PRETRAIN]
-    else:
-        cmd = [os.path.join(bin_dir, "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()), PRETRAIN]
-    cmd += ["--config", str(config), *overrides]
-    # the launcher sets the process-group variables; stale ones in this process must not reach the ranks
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") and not k.startswith("SLURM_")}
-    full_env = dict(base, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PATH=bin_dir + os.pathsep + os.environ["PATH"],
-                    **(env or {}))
-    p = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, start_new_session=True,
-                       cwd=str(REPO))
-    if expect_ok and p.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {p.returncode}\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}", pytrace=False)
-    return p
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    """Training loss per step from metrics.jsonl (a step logged twice, by a killed run and its resume: last wins)."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
+from helpers import REPO, base_config, fault_env, launch, losses
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +63,7 @@ def test_tensorboard_events_read_back(stage_runs):
 def test_exact_resume_after_sigkill(tmp_path, shard_dir, tok_dir, stage_runs, stage):
     """2N steps straight == N steps, SIGKILL of the whole process group, resume for N more: every loss equal."""
     cfg = base_config(tmp_path, shard_dir, tok_dir, ds_config=str(REPO / "ds_configs" / f"zero{stage}.json"))
-    p = launch(cfg, env={"GPTSCALE_CRASH_AFTER_STEP": "4"}, expect_ok=False)
+    p = launch(cfg, env=fault_env(kill_after_checkpoint=4), expect_ok=False)
     assert p.returncode != 0
     run = tmp_path / "run"
     assert (run / "checkpoints" / "latest").read_text() == "step_00000004"
@@ -158,13 +99,13 @@ def test_cpu_offload_smoke_one_process(tmp_path, shard_dir, tok_dir):
 def test_non_finite_loss_is_skipped_then_stops(tmp_path, shard_dir, tok_dir):
     cfg = base_config(tmp_path, shard_dir, tok_dir, max_steps=3, eval_interval=0, checkpoint_interval=100,
                       grad_accum_steps=1)
-    launch(cfg, nproc=1, env={"GPTSCALE_INJECT_NAN": "2"})
+    launch(cfg, nproc=1, env=fault_env(nan_micro="2"))
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped"] for r in recs] == [0, 1, 1] and all(r["loss"] == r["loss"] for r in recs)
     (tmp_path / "b").mkdir()
     cfg2 = base_config(tmp_path / "b", shard_dir, tok_dir, max_steps=5, eval_interval=0, checkpoint_interval=100,
                        grad_accum_steps=1, max_bad_steps=3)
-    p = launch(cfg2, nproc=1, env={"GPTSCALE_INJECT_NAN": "2,3,4"}, expect_ok=False)
+    p = launch(cfg2, nproc=1, env=fault_env(nan_micro="2,3,4"), expect_ok=False)
     assert p.returncode != 0 and "3 non-finite losses in a row" in p.stderr
 
 
@@ -199,7 +140,7 @@ def test_elastic_resume_2_to_1_and_back(tmp_path, shard_dir, tok_dir, stage):
         tmp.mkdir()
         cfg = base_config(tmp, shard_dir, tok_dir, ds_config=ds)
         launch(cfg, "--model.dropout=0", f"--train.grad_accum_steps={accum[first]}", nproc=first,
-               env={"GPTSCALE_CRASH_AFTER_STEP": "4"}, expect_ok=False)
+               env=fault_env(kill_after_checkpoint=4), expect_ok=False)
         out = launch(cfg, "--model.dropout=0", f"--train.grad_accum_steps={accum[second]}", nproc=second)
         assert "elastic resume" in out.stdout, out.stdout[-2000:]
         got = losses(tmp / "run")
@@ -208,7 +149,7 @@ def test_elastic_resume_2_to_1_and_back(tmp_path, shard_dir, tok_dir, stage):
             assert got[step] == pytest.approx(straight[step], rel=1e-3), (name, step, got[step], straight[step])
         assert got[5] == pytest.approx(straight[5], rel=1e-5)  # first step after the switch: same weights, data
         assert (tmp / "run" / "checkpoints" / "step_00000004_universal").is_dir()
-        from gptscale.safeload import safe_torch_load
+        from gptscale.runtime.safeload import safe_torch_load
 
         final = tmp / "run" / "checkpoints" / "step_00000008"
         state = safe_torch_load(sorted(final.glob("*mp_rank_00_model_states.pt"))[0])  # ZeRO-3: zero_pp_rank_0_...
@@ -216,7 +157,7 @@ def test_elastic_resume_2_to_1_and_back(tmp_path, shard_dir, tok_dir, stage):
 
 
 def test_prune_keeps_the_newest_and_latest(tmp_path):
-    from gptscale.checkpoint import prune
+    from gptscale.runtime.checkpoint import prune
 
     ck = tmp_path / "checkpoints"
     for s in (4, 8, 12, 16):
@@ -230,9 +171,9 @@ def test_prune_keeps_the_newest_and_latest(tmp_path):
 def test_export_trained_run_loads_in_transformers(stage_runs, tmp_path):
     """`gptscale export RUN --verify`: ZeRO-2 shards -> fp32 -> HF folder; AutoModelForCausalLM's logits
     and greedy tokens equal the checkpoint's model, and AutoTokenizer encodes like our tokenizer."""
+    from conftest import run_cli
     from transformers import AutoTokenizer
 
-    from conftest import run_cli
     from gptscale.tokenizer import Tokenizer
 
     out = run_cli("export", str(stage_runs[2]), "--out", str(tmp_path / "hf"), "--verify")
@@ -244,8 +185,8 @@ def test_export_trained_run_loads_in_transformers(stage_runs, tmp_path):
 
 def test_max_tokens_and_lr_schedule():
     from gptscale.config import load_config
-    from gptscale.engine import lr_multiplier
     from gptscale.pretrain import total_steps
+    from gptscale.runtime.engine import lr_multiplier
 
     cfg, _ = load_config(["--train.micro_batch_size=4", "--train.grad_accum_steps=2", "--data.seq_len=32",
                           "--train.max_steps=1000", "--train.max_tokens=10000"])
@@ -257,7 +198,7 @@ def test_preemption_signal_checkpoints_at_step_boundary_and_resumes_exactly(tmp_
     """A real SIGUSR2 on one rank (the last) after step 3: every rank agrees, checkpoint step 3 is written (not a
     checkpoint_interval step), the run exits 0 (outside Slurm nothing requeues); rerunning ends equal to straight."""
     cfg = base_config(tmp_path, shard_dir, tok_dir)
-    p = launch(cfg, env={"GPTSCALE_PREEMPT_AT_STEP": "3"})
+    p = launch(cfg, env=fault_env(preempt_at_step=3))
     run = tmp_path / "run"
     assert "caught SIGUSR2" in p.stderr
     assert "preempted at step 3" in p.stdout and "stopped by signal" in p.stdout

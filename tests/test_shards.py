@@ -8,23 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
-from conftest import SHARD_ARGS, run_cli
 from gptscale.data.corpus import iter_documents
-from gptscale.files import sha256_file
 from gptscale.data.shards import is_val, write_shards
+from gptscale.files import sha256_file
 from gptscale.tokenizer import Tokenizer
-
-
-def read_rows(folder: Path, split: str) -> np.ndarray:
-    m = json.loads((folder / "manifest.json").read_text())
-    arrs = []
-    for sh in m["splits"][split]["shards"]:
-        col = pa.ipc.open_file(pa.memory_map(str(folder / sh["file"]))).get_batch(0).column(0)
-        arrs.append(col.values.to_numpy().reshape(len(col), col.type.list_size))
-    return np.concatenate(arrs) if arrs else np.zeros((0, m["row_len"]), np.uint16)
+from helpers import SHARD_ARGS, fault_env, read_rows, run_cli
 
 
 def unpack(rows: np.ndarray) -> np.ndarray:
@@ -82,7 +72,7 @@ def test_killed_run_resumes_to_identical_output(tmp_path, shard_dir, shard_books
            "--out", str(out), *SHARD_ARGS, "--workers", "2"]
     # the writer SIGKILLs itself (process group included) right after renaming train shard 5 into place,
     # before its journal entry: the worst moment (a complete shard the journal does not know about)
-    p = subprocess.run(cmd, env=dict(os.environ, GPTSCALE_CRASH_AFTER="train:5"), capture_output=True)
+    p = subprocess.run(cmd, env=dict(os.environ, **fault_env(kill_after_shard="train:5")), capture_output=True)
     assert p.returncode == -signal.SIGKILL
     assert (out / ".progress.json").exists() and not (out / "manifest.json").exists()
     assert len(list(out.glob("train-*.arrow"))) == 5

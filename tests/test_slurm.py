@@ -10,7 +10,8 @@ import json
 import time
 
 import pytest
-from test_pretrain import REPO, losses
+
+from helpers import REPO, fault_env, losses
 
 pytest_plugins = ["slurm_cluster"]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -60,7 +61,7 @@ def test_usr2_from_slurm_checkpoints_requeues_and_resumes_exactly(slurm_cluster,
     run = tmp_path / "run"
     jid = slurm_cluster.sbatch([*TWO_NODES, f"--output={log}", "slurm/pretrain.sh", str(cfg),
                                 f"--train.run_dir={run}"],
-                               env=slurm_cluster.job_env(GPTSCALE_PREEMPT_WAIT_AT_STEP="3"), cwd=REPO)
+                               env=slurm_cluster.job_env(**fault_env(preempt_wait_at_step=3)), cwd=REPO)
     # both ranks finished step 3 and hold there, their handlers installed: now Slurm signals every task
     slurm_cluster.wait_for_text([log], "holding until a preemption signal", jid, count=2)
     slurm_cluster.run(["scancel", "--signal=USR2", jid])
@@ -82,7 +83,7 @@ def test_scancel_leaves_no_process_behind(slurm_cluster, slurm_pretrain_referenc
     log = tmp_path / "job.out"
     jid = slurm_cluster.sbatch([*TWO_NODES, f"--output={log}", "slurm/pretrain.sh", str(cfg),
                                 f"--train.run_dir={tmp_path / 'run'}"],
-                               env=slurm_cluster.job_env(GPTSCALE_PREEMPT_WAIT_AT_STEP="2"), cwd=REPO)
+                               env=slurm_cluster.job_env(**fault_env(preempt_wait_at_step=2)), cwd=REPO)
     slurm_cluster.wait_for_text([log], "holding until a preemption signal", jid, count=2)
 
     ranks = [e for e in slurm_cluster.job_environs(jid) if e.get("SLURM_STEP_ID") == "0"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gptscale.data import ShardError, ShardLoader, ShardStream
-from test_shards import read_rows
+from helpers import read_rows
 
 
 def rows_of(folder, split="train") -> Counter:

@@ -1,21 +1,18 @@
 """Shards served by a real S3-compatible server on localhost (moto's server mode), read via pyarrow's S3FileSystem."""
 
-import socket
-
 import pyarrow.fs as pafs
 import pytest
 import torch
 
 from gptscale.data import ShardStream
+from helpers import free_port
 
 
 @pytest.fixture
 def s3(tmp_path):
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     fs = pafs.S3FileSystem(access_key="test", secret_key="test", endpoint_override=f"127.0.0.1:{port}",

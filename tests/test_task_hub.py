@@ -8,9 +8,9 @@ import sys
 import datasets
 import pytest
 
-from gptscale.tasks.hub import hub_examples, load_from_hub
 from gptscale.tasks import TaskDataError, get_task
-from test_pretrain import REPO
+from gptscale.tasks.hub import hub_examples, load_from_hub
+from helpers import REPO
 
 
 def test_glue_rows_map_like_local_files(tmp_path, data_dir):

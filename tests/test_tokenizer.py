@@ -133,7 +133,8 @@ def test_train_errors(tmp_path, gutenberg_files, data_dir):
 
 def build_hf_tokenizer(folder: Path, shakespeare: Path, *, eos: str | None, extra: list[str]) -> None:
     """A tiny byte-level BPE trained on tinyshakespeare, saved as a transformers tokenizer folder."""
-    from tokenizers import Tokenizer as HFTok, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     lines = shakespeare.read_text(encoding="utf-8").splitlines()[:4000]

@@ -1,12 +1,12 @@
 """Training throughput and MFU of gptscale's GPT under DeepSpeed (ZeRO-2, bf16) on one GPU.
 
-The training step is what users get: ``gptscale.engine.build_engine`` with ds_configs/zero2.json and a
+The training step is what users get: ``gptscale.runtime.engine.build_engine`` with ds_configs/zero2.json and a
 TrainConfig(precision="bf16", micro_batch_size=..., grad_accum_steps=...), then per micro-batch
 
     loss = engine(x, y)[1]; engine.backward(loss); engine.step()
 
 on synthetic random tokens at seq_len = the model's n_ctx (1024 for gpt2-124m, 2048 for 1.3b). One process,
-world size 1 (RANK/WORLD_SIZE/... set here, nccl through gptscale.dist.init_distributed).
+world size 1 (RANK/WORLD_SIZE/... set here, nccl through gptscale.runtime.dist.init_distributed).
 
 Each attempt (preset, micro batch, accumulation, activation checkpointing, torch.compile, vocab) runs in
 its own child process with a hard time limit, so an OOM or a hang costs one attempt, not the run. The
@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from gptscale.runtime.dist import free_port  # noqa: E402 (after the checkout is on sys.path)
 
 # (micro batch, grad accum) candidates per preset, tried in order without activation checkpointing, then
 # the last ones again with it. Tokens per optimizer step stay near 64k (124m) / 32k (1.3b).
@@ -63,12 +64,6 @@ VARIANTS = {"eager": dict(compile=False, pad=False), "pad": dict(compile=False, 
 
 
 # ============================================================================================ child
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _log(msg: str) -> None:
@@ -97,7 +92,7 @@ def run_child(spec: dict) -> dict:
     dev_kind = spec["device"]
     for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ[k] = v
-    os.environ["MASTER_PORT"] = str(_free_port())
+    os.environ["MASTER_PORT"] = str(free_port())
     if dev_kind == "cpu":
         os.environ["DS_ACCELERATOR"] = "cpu"
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -106,9 +101,9 @@ def run_child(spec: dict) -> dict:
     import torch
 
     from gptscale.config import TrainConfig, model_config
-    from gptscale.dist import device, init_distributed
-    from gptscale.engine import build_engine
     from gptscale.model import GPT
+    from gptscale.runtime.dist import device, init_distributed
+    from gptscale.runtime.engine import build_engine
 
     init_distributed()
     from deepspeed.utils import logger as ds_logger

@@ -11,7 +11,7 @@
 #   bash bench/gpu/prepare.sh --check    # + install into a fresh venv with --no-index and import deepspeed
 #
 # DeepSpeed's wheel is pure Python (no prebuilt ops). It compiles an op with nvcc + ninja only when one is
-# used: mfu.py hands it our torch AdamW (fused=True on CUDA) via gptscale.engine.build_engine, so nothing is
+# used: mfu.py hands it our torch AdamW (fused=True on CUDA) via gptscale.runtime.engine.build_engine, so nothing is
 # compiled on the GPU machine (the image has nvcc and ninja anyway).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -65,5 +65,5 @@ if [ "${1:-}" = "--check" ]; then
   env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
     "$V/bin/python" -m pip install --no-index --find-links "$W" "deepspeed==$DS_VERSION"
   (cd "$REPO" && DS_ACCELERATOR=cpu PYTHONPATH="$REPO" "$V/bin/python" -c \
-    "import deepspeed, gptscale.engine, gptscale.dist; print('import deepspeed OK', deepspeed.__version__)")
+    "import deepspeed, gptscale.runtime.engine, gptscale.runtime.dist; print('import deepspeed OK', deepspeed.__version__)")
 fi

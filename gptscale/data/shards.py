@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from gptscale.data.manifest import FORMAT, VERSION
 from gptscale.files import atomic_write_bytes, atomic_write_json, sha256_file
+from gptscale.runtime import faults
 from gptscale.tokenizer import Tokenizer
 
 # Documents per worker task: up to TASK_CHARS characters (at least one document), fixed, so the output does
@@ -103,17 +104,7 @@ class Packer:
         atomic_write_bytes(self.out / name, data)
         self.shards.append({"file": name, "sequences": rows, "tokens": rows * self.seq_len,
                             "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-        _crash_point(self.split, len(self.shards))
-
-
-def _crash_point(split: str, n_written: int) -> None:
-    """Fault injection for the crash-and-rerun test: GPTSCALE_CRASH_AFTER=train:3 makes this process
-    SIGKILL itself right after the 3rd train shard is renamed into place, before the journal records it."""
-    spec = os.environ.get("GPTSCALE_CRASH_AFTER")
-    if spec and spec == f"{split}:{n_written}":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
+        faults.after_shard(self.split, len(self.shards))
 
 
 def encode_shard(rows: np.ndarray, seq_len: int) -> bytes:

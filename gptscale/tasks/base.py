@@ -55,7 +55,7 @@ class Task:
     """Classes (1 for regression, number of choices for multiple choice)."""
     label_names: list[str]
     metrics: list[str]
-    """Metric names of gptscale.metrics.METRICS, primary first."""
+    """Metric names of gptscale.tasks.metrics.METRICS, primary first."""
     hub: tuple[str, str | None]
     """Hugging Face datasets (name, config) used when there is no local data."""
     folder: str

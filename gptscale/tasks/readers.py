@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gptscale.tasks.base import KINDS, Example, Parser, Task, TaskDataError, _S
+from gptscale.tasks.base import _S, KINDS, Example, Parser, Task, TaskDataError
 
 # ------------------------------------------------------------------------------------------- readers
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gptscale.tasks.base import HELDOUT, Example, Source, Task, TaskDataError, _S
-from gptscale.tasks.readers import (_imdb_acl, _imdb_table, _json_sample, _race, _story_cloze, _tsv,
-                                    custom_task)
+from gptscale.tasks.base import _S, HELDOUT, Example, Source, Task, TaskDataError
+from gptscale.tasks.readers import _imdb_acl, _imdb_table, _json_sample, _race, _story_cloze, _tsv, custom_task
 
 # ------------------------------------------------------------------------------------------ registry
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from gptscale import metrics as metrics_mod
+from gptscale.tasks import metrics as metrics_mod
 from gptscale.tasks.base import TRUNCATION, Example, Task
 
 # ------------------------------------------------------------------------------- input transformations

@@ -4,11 +4,11 @@
     gptscale export runs/gpt1/checkpoints --tag step_00004000 --out exports/gpt1-4k
     gptscale export runs/gpt1/checkpoints/step_00004000 --out exports/gpt1-4k --overwrite
 
-The folder holds ``config.json`` + ``model.safetensors`` (gptscale.convert.export_hf: OpenAI-GPT for post-LN,
+The folder holds ``config.json`` + ``model.safetensors`` (gptscale.hf.convert.export_hf: OpenAI-GPT for post-LN,
 GPT-2 for pre-LN models), ``generation_config.json``, and the tokenizer recorded in the checkpoint's
 ``gptscale.json``, so ``AutoModelForCausalLM.from_pretrained(out)`` and ``AutoTokenizer.from_pretrained(out)``
 both work offline. Weights are the consolidated fp32 master weights of any ZeRO stage
-(gptscale.safeload.fp32_state_dict: nothing is unpickled beyond an allowlist). The whole folder appears at
+(gptscale.runtime.safeload.fp32_state_dict: nothing is unpickled beyond an allowlist). The whole folder appears at
 once: it is assembled in a temporary sibling and renamed into place.
 
 Tokenizer. A gptscale sentencepiece tokenizer becomes a ``tokenizers`` BPE (``tokenizer.json`` +
@@ -94,9 +94,9 @@ def _is_tag_dir(p: Path) -> bool:
 
 def load_trained_model(path: str | Path, tag: str | None = None) -> tuple[GPT, dict[str, Any]]:
     """(GPT in eval mode with the checkpoint's fp32 weights, the checkpoint's gptscale.json + its location)."""
-    from gptscale.convert import load_state
+    from gptscale.hf.convert import load_state
     from gptscale.model import GPT
-    from gptscale.safeload import fp32_state_dict
+    from gptscale.runtime.safeload import fp32_state_dict
 
     ckpts, tag = resolve_checkpoint(path, tag)
     meta_file = ckpts / tag / META_FILE
@@ -122,7 +122,7 @@ def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False
     Nothing appears at ``out`` unless every file was written; an existing ``out`` is only replaced with
     ``overwrite``.
     """
-    from gptscale.convert import write_hf
+    from gptscale.hf.convert import write_hf
 
     out = Path(out)
     _check_out(out, overwrite)  # before loading the checkpoint: fail fast
@@ -266,7 +266,7 @@ def cli_export(argv: list[str]) -> int:
         return 2
     print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     if args.verify:
-        from gptscale.convert import check_hf_folder
+        from gptscale.hf.convert import check_hf_folder
 
         model, _ = load_trained_model(args.checkpoint, tag=args.tag)
         report = check_hf_folder(model, out)

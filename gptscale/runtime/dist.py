@@ -38,7 +38,12 @@ def slurm_port(job_id: str) -> int:
     return 10000 + int(re.sub(r"\D", "", job_id) or 0) % 50000
 
 
-def _free_port() -> int:
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+"""The process-group variables a launcher sets (and stale copies of which must not reach a new job)."""
+
+
+def free_port() -> int:
+    """A TCP port free on this host right now (the OS picks it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -61,7 +66,7 @@ def setup_env(env=None) -> dict[str, str]:
     if "MASTER_PORT" not in env:
         if env["WORLD_SIZE"] != "1":
             raise RuntimeError("WORLD_SIZE > 1 but MASTER_PORT is unset: launch with deepspeed, torchrun or srun")
-        env["MASTER_PORT"] = str(_free_port())
+        env["MASTER_PORT"] = str(free_port())
     return {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
 
 

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from gptscale.files import atomic_dir, atomic_write_bytes
-from gptscale.heads import TaskModel, predictions
 from gptscale.tasks import TASKS, Example, Task, collate, encode_example
+from gptscale.tasks.heads import TaskModel, predictions
 
 TASK_FILE = "gptscale_task.json"
 HEAD_FILE = "task_head.safetensors"
@@ -46,7 +46,7 @@ def save_task_model(out: Path, state: dict[str, torch.Tensor], model_cfg, task: 
     """Write the fine-tuned model folder from a TaskModel state dict (keys `gpt.*`, `head.*`), atomically."""
     from safetensors.torch import save_file
 
-    from gptscale.convert import write_hf
+    from gptscale.hf.convert import write_hf
     from gptscale.model import GPT
 
     gpt = GPT(model_cfg)
@@ -77,7 +77,7 @@ class Predictor:
     def __init__(self, folder: str | Path, device: str = "cpu"):
         from safetensors.torch import load_file
 
-        from gptscale.convert import load_hf
+        from gptscale.hf.convert import load_hf
         from gptscale.tokenizer import Tokenizer
 
         self.folder = Path(folder)

@@ -22,29 +22,25 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+
+from gptscale.runtime import faults
 
 SIGNALS = (signal.SIGUSR2,)
 EXIT_REQUEUED = 0
 
 
 class Preemption:
-    """Flags SIGUSR2, agreed across ranks at step boundaries. Fault injection for tests:
-    `GPTSCALE_PREEMPT_AT_STEP=N` makes the last rank send itself a real SIGUSR2 at the end of step N;
-    `GPTSCALE_PREEMPT_WAIT_AT_STEP=N` makes every rank hold at the end of step N until a signal arrives from
-    outside (`scancel --signal=USR2 JOBID`, submitit's `job._interrupt()`; at most 600 s), so a test can
-    preempt a run mid-way however fast its steps are."""
+    """Flags SIGUSR2, agreed across ranks at step boundaries (test hooks: gptscale.runtime.faults)."""
 
     def __init__(self, signals=SIGNALS):
         self.requested = False
         self.signum: int | None = None
         self.previous: dict[int, Callable | int | None] = {}
-        self.inject_at = int(os.environ.get("GPTSCALE_PREEMPT_AT_STEP", "0") or 0)
-        self.hold_at = int(os.environ.get("GPTSCALE_PREEMPT_WAIT_AT_STEP", "0") or 0)
+        self.faults = faults.PreemptFaults()
         for s in signals:
             self.previous[s] = signal.getsignal(s)
             signal.signal(s, self._handler)
@@ -56,18 +52,8 @@ class Preemption:
 
     def should_stop(self, step: int, device: torch.device) -> bool:
         """True on every rank when any rank was signalled (a collective: call it on all ranks, once per step)."""
-        if self.inject_at and step == self.inject_at:
-            self.inject_at = 0
-            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-            if int(os.environ.get("RANK", "0")) == world - 1:
-                os.kill(os.getpid(), signal.SIGUSR2)  # the handler runs before the next bytecode
-        if self.hold_at and step == self.hold_at:
-            self.hold_at = 0
-            print(f"[rank {os.environ.get('RANK', '0')}] GPTSCALE_PREEMPT_WAIT_AT_STEP={step}: holding until a "
-                  f"preemption signal arrives", file=sys.stderr, flush=True)
-            deadline = time.monotonic() + 600
-            while not self.requested and time.monotonic() < deadline:
-                time.sleep(0.05)
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.faults.at_step(step, int(os.environ.get("RANK", "0")), world, lambda: self.requested)
         flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)

@@ -122,7 +122,7 @@ def to_universal(ckdir: Path, tag: str) -> str:
 
         from deepspeed.checkpoint import ds_to_universal
 
-        from gptscale.safeload import safe_loading
+        from gptscale.runtime.safeload import safe_loading
 
 
         tmp = Path(tempfile.mkdtemp(prefix=f".{utag}.tmp-", dir=ckdir))
@@ -138,7 +138,7 @@ def to_universal(ckdir: Path, tag: str) -> str:
 
 def load(engine, ckdir: Path, tag: str) -> dict[str, Any]:
     """Load DeepSpeed state (safely: weights_only) + this rank's RNG; returns the client state."""
-    from gptscale.safeload import install, safe_torch_load
+    from gptscale.runtime.safeload import install, safe_torch_load
 
     meta = json.loads((ckdir / tag / "gptscale.json").read_text())
     install(engine)

@@ -87,7 +87,7 @@ def _refusal(path: str | os.PathLike, err: Exception) -> str:
         found = re.findall(r"(?:GLOBAL|global) ([\w.]+)", str(err))
         names = sorted(set(found))
     what = f"the global(s) {', '.join(names)}" if names else f"content torch refuses ({str(err).splitlines()[0]})"
-    return (f"{os.fspath(path)}: refused to load: it needs {what}, which is not on gptscale.safeload.ALLOWED "
+    return (f"{os.fspath(path)}: refused to load: it needs {what}, which is not on gptscale.runtime.safeload.ALLOWED "
             f"(the classes DeepSpeed checkpoints contain). Never load an untrusted file with weights_only=False; "
             f"if the file is trusted and the class only holds data, add it to ALLOWED.")
 

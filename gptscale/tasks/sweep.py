@@ -14,7 +14,6 @@ Slurm grid launcher (launcher/), which submits such runs as a job array.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -23,20 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from gptscale.files import atomic_write_bytes, atomic_write_json
+from gptscale.tasks.outputs import read_best
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def read_best(run_dir: str | Path) -> dict[str, Any] | None:
-    """The best epoch of a fine-tuning run (RUN_DIR/metrics.json): metric, value, best_epoch and every metric;
-    None while the run has not written one."""
-    f = Path(run_dir) / "metrics.json"
-    if not f.is_file():
-        return None
-    m = json.loads(f.read_text())
-    best = {k: v for k, v in m["best"].items() if k != "epoch"}
-    return {"task": m["task"], "metric": m["primary"], "value": best.get(m["primary"]),
-            "best_epoch": m["best"].get("epoch"), **best}
+REPO = Path(__file__).resolve().parents[2]
 
 
 def collect(run_dirs: dict[str, Path]) -> list[dict[str, Any]]:
