@@ -7,6 +7,9 @@ TORCH_CPU ?= torch==2.13.0
 DATA      ?= $(or $(GPTSCALE_DATA),../shared/data)
 NPROC     ?= 2
 PORT      ?= 29533
+# The `deepspeed` runner of `make demo` and its ranks import DeepSpeed before any gptscale code runs, so only
+# the environment can silence its per-process "Setting accelerator to CPU" warning; the rule (cpu where
+# nvidia-smi is missing) is gptscale/runtime/dist.py's env_defaults, which Slurm jobs get from there.
 ifeq ($(shell command -v nvidia-smi),)
 export DS_ACCELERATOR ?= cpu
 endif

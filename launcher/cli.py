@@ -20,30 +20,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from submitit.core.utils import JobPaths
+
+from gptscale.config import field_docs
+from gptscale.tasks.sweep import csv_list
+
 from .executor import (
     ExecutorOptions,
     LauncherError,
+    check_request,
+    explain_submit_error,
     make_executor,
     options_from,
     refuse_never_starting,
     submit,
 )
+from .grid import GridCell, aggregate, format_table, grid_cells, write_plan
+from .jobs import GptscaleJob, resolve_run
 
 COMMANDS = ("pretrain", "finetune", "finetune-grid", "aggregate")
 
 
-def _csv(cast):
-    def parse(text: str) -> list:
-        try:
-            return [cast(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {cast.__name__}, got {text!r}")
-    return parse
-
-
 def _add_executor_args(p: argparse.ArgumentParser) -> None:
-    from gptscale.config import field_docs
-
     docs = field_docs(ExecutorOptions)
     for f in dataclasses.fields(ExecutorOptions):
         flag = "--" + f.name.replace("_", "-")
@@ -69,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "--executor local)")
     g = sub.add_parser("finetune-grid", help="tasks x seeds x learning rates as one job array, then one table")
     _add_executor_args(g)
-    g.add_argument("--tasks", type=_csv(str), required=True, help="comma-separated task names, e.g. rte,mrpc")
-    g.add_argument("--seeds", type=_csv(int), default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
-    g.add_argument("--lrs", type=_csv(float), default=[6.25e-5], help="comma-separated learning rates "
+    g.add_argument("--tasks", type=csv_list(str), required=True, help="comma-separated task names, e.g. rte,mrpc")
+    g.add_argument("--seeds", type=csv_list(int), default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
+    g.add_argument("--lrs", type=csv_list(float), default=[6.25e-5], help="comma-separated learning rates "
                    "(default 6.25e-5, GPT-1's)")
     g.add_argument("--out", type=Path, required=True, help="folder for the runs, grid.json and the results table")
     g.add_argument("--no-wait", action="store_true", help="submit and return; later: python -m launcher aggregate OUT")
@@ -88,8 +86,6 @@ def _entry_args(kind: str, args: list[str]) -> list[str]:
 
 
 def _print_submitted(kind: str, job: Any, opts: ExecutorOptions, run_dir: Path) -> None:
-    from submitit.core.utils import JobPaths
-
     paths = JobPaths(str(Path(opts.folder) / "%j"), job_id=str(job.job_id), task_id=0)
     ranks = opts.nodes * opts.ntasks_per_node
     print(f"launcher: submitted {kind} job {job.job_id} ({opts.executor}: {opts.nodes} node(s) x "
@@ -111,8 +107,6 @@ def _wait(job: Any) -> Any:
 
 
 def cmd_run(kind: str, ns: argparse.Namespace, rest: list[str]) -> int:
-    from .jobs import GptscaleJob, resolve_run
-
     opts = options_from(ns)
     argv, run_dir = resolve_run(kind, _entry_args(kind, rest))
     executor = make_executor(opts, name=f"gptscale-{kind}")
@@ -125,40 +119,51 @@ def cmd_run(kind: str, ns: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-def cmd_grid(ns: argparse.Namespace, rest: list[str]) -> int:
-    from .grid import aggregate, format_table, grid_cells, write_plan
-    from .jobs import GptscaleJob, resolve_run
-
-    opts = options_from(ns)
+def _grid_args(rest: list[str]) -> list[str]:
+    """The fine-tuning arguments every cell shares; a flag the grid itself sets is refused."""
     shared = _entry_args("finetune", rest)
     for flag, grid_flag in (("--task", "--tasks"), ("--finetune.task", "--tasks"), ("--lr", "--lrs"),
                             ("--finetune.lr", "--lrs"), ("--seed", "--seeds"), ("--finetune.seed", "--seeds")):
         if any(a == flag or a.startswith(flag + "=") for a in shared):
             raise LauncherError(f"finetune-grid takes {flag} from {grid_flag}; drop {flag} after `--`")
+    return shared
+
+
+def _submit_array(executor: Any, opts: ExecutorOptions, cells: list[GridCell], jobs_argv: list[list[str]]) -> list[Any]:
+    """Every cell as one task of one job array (one sbatch); records the job ids in the cells."""
+    check_request(opts)
+    try:
+        with executor.batch():  # one sbatch: a job array of len(cells) tasks
+            jobs = [executor.submit(GptscaleJob("finetune", a, c.run_dir)) for a, c in zip(jobs_argv, cells)]
+    except Exception as e:
+        raise explain_submit_error(e, opts) from e
+    refuse_never_starting(jobs, opts)
+    for c, j in zip(cells, jobs):
+        c.job_id, c.log = str(j.job_id), str(j.paths.stdout).replace("%t", "0")
+    return jobs
+
+
+def _print_array(jobs: list[Any], opts: ExecutorOptions, ns: argparse.Namespace) -> None:
+    array = str(jobs[0].job_id).split("_")[0]
+    print(f"launcher: submitted {len(jobs)} fine-tuning runs as job array {array} "
+          f"({len(ns.tasks)} task(s) x {len(ns.lrs)} lr(s) x {len(ns.seeds)} seed(s))\n"
+          f"  logs:  {Path(opts.folder).resolve()}/{array}_<i>/\n"
+          f"  runs:  {ns.out.resolve()}/<task>/lr<lr>_seed<seed>\n"
+          f"  table: python -m launcher aggregate {ns.out}  (squeue -j {array}; scancel {array})", flush=True)
+
+
+def cmd_grid(ns: argparse.Namespace, rest: list[str]) -> int:
+    opts = options_from(ns)
+    shared = _grid_args(rest)
     cells = grid_cells(ns.tasks, ns.seeds, ns.lrs, ns.out)
     jobs_argv = [resolve_run("finetune", [*shared, *c.args])[0] for c in cells]  # every cell's config checked here
     executor = make_executor(opts, name="gptscale-ft-grid")
     meta = {"tasks": ns.tasks, "seeds": ns.seeds, "lrs": ns.lrs, "executor": opts.executor}
     jobs = []
     if opts.executor == "slurm":
-        from .executor import check_request, explain_submit_error
-
-        check_request(opts)
-        try:
-            with executor.batch():  # one sbatch: a job array of len(cells) tasks
-                jobs = [executor.submit(GptscaleJob("finetune", a, c.run_dir)) for a, c in zip(jobs_argv, cells)]
-        except Exception as e:
-            raise explain_submit_error(e, opts) from e
-        refuse_never_starting(jobs, opts)
-        for c, j in zip(cells, jobs):
-            c.job_id, c.log = str(j.job_id), str(j.paths.stdout).replace("%t", "0")
+        jobs = _submit_array(executor, opts, cells, jobs_argv)
         write_plan(ns.out, cells, shared, meta)
-        array = str(jobs[0].job_id).split("_")[0]
-        print(f"launcher: submitted {len(cells)} fine-tuning runs as job array {array} "
-              f"({len(ns.tasks)} task(s) x {len(ns.lrs)} lr(s) x {len(ns.seeds)} seed(s))\n"
-              f"  logs:  {Path(opts.folder).resolve()}/{array}_<i>/\n"
-              f"  runs:  {ns.out.resolve()}/<task>/lr<lr>_seed<seed>\n"
-              f"  table: python -m launcher aggregate {ns.out}  (squeue -j {array}; scancel {array})", flush=True)
+        _print_array(jobs, opts, ns)
         if ns.no_wait:
             return 0
     failed = []
@@ -193,8 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         if ns.command == "aggregate":
-            from .grid import aggregate, format_table
-
             print(format_table(aggregate(ns.out)[1]))
             return 0
         if ns.command == "finetune-grid":

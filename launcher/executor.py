@@ -21,13 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import submitit
+
+from gptscale.errors import GptscaleError
+from gptscale.runtime.dist import LaunchError, srun_options, tasks_per_node
+
 # Pending reasons that never clear by waiting (the request exceeds what the partition or nodes have).
 NEVER_STARTS = {"PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints",
                 "QOSMaxGRESPerNode", "QOSMaxNodePerJobLimit", "QOSMaxWallDurationPerJobLimit", "InvalidQOS",
                 "InvalidAccount", "AssocMaxNodesPerJobLimit", "AssocMaxWallDurationPerJobLimit"}
 
 
-class LauncherError(RuntimeError):
+class LauncherError(GptscaleError, RuntimeError):
     """A launch that cannot go ahead; the message names the flag and what to change."""
 
 
@@ -77,14 +82,15 @@ class ExecutorOptions:
             raise LauncherError(f"--gpus-per-node must be >= 0, got {self.gpus_per_node}")
         if self.executor == "local" and self.nodes != 1:
             raise LauncherError(f"--executor local runs on this machine only: use --nodes 1 (got {self.nodes})")
-        if self.tasks_per_node is not None and self.gpus_per_node and self.tasks_per_node != self.gpus_per_node:
-            raise LauncherError(f"--tasks-per-node={self.tasks_per_node} but --gpus-per-node={self.gpus_per_node}: "
-                                f"gptscale runs one task per GPU; drop --tasks-per-node")
+        try:
+            _ = self.ntasks_per_node  # one task per GPU, else a LaunchError naming both flags
+        except LaunchError as e:
+            raise LauncherError(str(e)) from None
         parse_time(self.time)  # a bad --time fails here, naming the flag
 
     @property
     def ntasks_per_node(self) -> int:
-        return self.tasks_per_node or self.gpus_per_node or 1
+        return tasks_per_node(self.gpus_per_node, self.tasks_per_node, "--tasks-per-node", fix="drop --tasks-per-node")
 
     @property
     def timeout_min(self) -> int:
@@ -111,9 +117,8 @@ def parse_time(spec: str) -> int:
 
 
 def make_executor(opts: ExecutorOptions, name: str) -> Any:
-    """A submitit AutoExecutor for `opts` (srun one task per GPU, requeue, USR2 before the time limit)."""
-    import submitit
-
+    """A submitit AutoExecutor for `opts` (srun one task per GPU, requeue, USR2 before the time limit). The ranks'
+    environment defaults (NCCL, OMP) are set by the job itself (launcher/jobs.py), before torch loads."""
     Path(opts.folder).mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {"slurm_max_num_timeout": opts.max_timeouts}
     if opts.python:
@@ -133,13 +138,8 @@ def make_executor(opts: ExecutorOptions, name: str) -> Any:
             slurm_signal_delay_s=opts.signal_delay_s,
             slurm_array_parallelism=opts.array_parallelism,
             slurm_additional_parameters={"requeue": True},
-            # 22.05's srun does not inherit --cpus-per-task; one failed rank ends the step (no hang)
-            slurm_srun_args=[f"--cpus-per-task={opts.cpus_per_task}", "--kill-on-bad-exit=1"],
-            slurm_setup=[
-                "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}",
-                "export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}",
-                "export NCCL_DEBUG=${NCCL_DEBUG:-WARN}",
-            ],
+            # submitit's srun line has --unbuffered already
+            slurm_srun_args=[o for o in srun_options(opts.cpus_per_task) if o != "--unbuffered"],
         )
     ex.update_parameters(**params)
     return ex

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gptscale.files import atomic_write_bytes, atomic_write_json
+from gptscale.files import atomic_write_json
 from gptscale.tasks.outputs import read_best
-from gptscale.tasks.sweep import summarize
+from gptscale.tasks.sweep import cell, summarize, write_table
 
 PLAN = "grid.json"
 
@@ -87,24 +87,14 @@ def aggregate(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return rows, summary
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def _tsv(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    return "\n".join(["\t".join(cols), *("\t".join(_fmt(r[c]) if c != "lr" else f"{r[c]:g}" for c in cols)
-                                          for r in rows)]) + "\n"
-
-
 RUN_COLS = ["task", "lr", "seed", "metric", "value", "best_epoch", "status", "job_id", "run_dir"]
 SUMMARY_COLS = ["task", "lr", "metric", "mean", "std", "n", "of", "best_lr"]
 
 
 def _write_tables(out: Path, rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> None:
-    atomic_write_bytes(out / "results.tsv", _tsv(rows, RUN_COLS).encode())
-    atomic_write_bytes(out / "summary.tsv", _tsv(summary, SUMMARY_COLS).encode())
+    lr = {"lr": "{:g}".format}
+    write_table(out / "results.tsv", rows, RUN_COLS, missing="-", formats=lr)
+    write_table(out / "summary.tsv", summary, SUMMARY_COLS, missing="-", formats=lr)
     atomic_write_json(out / "results.json", {"runs": rows, "summary": summary})
 
 
@@ -113,6 +103,6 @@ def format_table(summary: list[dict[str, Any]]) -> str:
     lines = [f"{'task':<12} {'lr':>10} {'metric':<12} {'mean':>8} {'std':>8} {'seeds':>7}"]
     for s in sorted(summary, key=lambda s: (s["task"], s["lr"])):
         star = " *" if s["best_lr"] else ""
-        lines.append(f"{s['task']:<12} {s['lr']:>10g} {s['metric'] or '-':<12} {_fmt(s['mean']):>8} "
-                     f"{_fmt(s['std']):>8} {s['n']:>3}/{s['of']:<3}{star}")
+        lines.append(f"{s['task']:<12} {s['lr']:>10g} {s['metric'] or '-':<12} {cell(s['mean'], '-'):>8} "
+                     f"{cell(s['std'], '-'):>8} {s['n']:>3}/{s['of']:<3}{star}")
     return "\n".join(lines) + "\n(* best learning rate per task, by mean over seeds)"

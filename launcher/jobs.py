@@ -18,8 +18,10 @@ from typing import Any
 
 import submitit
 
+from gptscale.config import load_config
+from gptscale.runtime.dist import apply_env_defaults, drop_stale, setup_env
+
 KINDS = ("pretrain", "finetune")
-DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 class JobFailed(RuntimeError):
@@ -30,12 +32,10 @@ def resolve_run(kind: str, argv: list[str]) -> tuple[list[str], Path]:
     """Check the config here, before queueing (a typo fails now, not hours later on a node), and pin the
     run directory as an absolute path. Returns (argv with --train.run_dir=ABS, run_dir)."""
     if kind == "finetune":
-        from gptscale.finetune import resolve
+        from gptscale.finetune import resolve  # lazy: loads torch and DeepSpeed (pretrain's check needs neither)
 
         run_dir = resolve(argv).train.run_dir  # finetune.py's own flags and default (runs/finetune/TASK)
     else:
-        from gptscale.config import load_config
-
         run_dir = load_config(argv)[0].train.run_dir  # raises ConfigError naming the bad key
     path = Path(run_dir).expanduser().resolve()
     return [*argv, f"--train.run_dir={path}"], path
@@ -62,15 +62,12 @@ def read_result(kind: str, run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _export_dist_env() -> None:
+def export_dist_env() -> None:
     """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* for this task (this process only: each task is its own process)."""
-    from gptscale.runtime.dist import setup_env
-
-    for k in DIST_VARS:  # values exported from the submitting shell would override the scheduler's
-        os.environ.pop(k, None)
+    drop_stale(os.environ)  # values exported from the submitting shell would override the scheduler's
     if os.environ.get("SUBMITIT_EXECUTOR") == "local":
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-    setup_env()  # Slurm: from SLURM_PROCID/NTASKS/LOCALID/JOB_NODELIST/JOB_ID (first host, port from job id)
+    setup_env()  # Slurm: from SLURM_PROCID/NTASKS/LOCALID, GPTSCALE_MASTER_ADDR/PORT or first host and job id
 
 
 class GptscaleJob(submitit.helpers.Checkpointable):
@@ -82,12 +79,9 @@ class GptscaleJob(submitit.helpers.Checkpointable):
         self.kind, self.argv, self.run_dir = kind, list(argv), Path(run_dir)
 
     def __call__(self) -> dict[str, Any] | None:
-        import torch
-
-        if not torch.cuda.is_available():
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # CPU nodes: DeepSpeed's CPU accelerator, gloo
-        _export_dist_env()
-        if self.kind == "pretrain":
+        apply_env_defaults()  # NCCL, OMP_NUM_THREADS, DS_ACCELERATOR where unset: before torch and DeepSpeed load
+        export_dist_env()
+        if self.kind == "pretrain":  # lazy: torch and DeepSpeed load only now, after the environment is set
             from gptscale.pretrain import cli
         else:
             from gptscale.finetune import cli

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced by slurm/pretrain.sh and slurm/finetune.sh inside the batch job: environment, then one `srun`
 # that starts one task per GPU on every node. Not a job script itself.
+set -euo pipefail  # for the job script sourcing this
 
 gptscale_die() {
     echo "gptscale-slurm: error: $*" >&2
@@ -17,7 +18,7 @@ gptscale_launch() {
     fi
 
     # Relative paths in configs and overrides resolve against the folder `sbatch` was run from.
-    cd "${SLURM_SUBMIT_DIR:-$PWD}"
+    cd "${SLURM_SUBMIT_DIR:-$PWD}" || gptscale_die "cannot cd to the submit folder ${SLURM_SUBMIT_DIR:-$PWD}"
 
     # Python: an activated venv or GPTSCALE_VENV=DIR, then GPTSCALE_PYTHON (default: python on PATH).
     if [[ -n ${GPTSCALE_VENV:-} ]]; then
@@ -44,30 +45,12 @@ gptscale_launch() {
     fi
     args+=("$@")  # command-line overrides come last: they win
 
-    # One task per GPU: the allocation's tasks per node must equal its GPUs per node.
-    local gpus=${SLURM_GPUS_ON_NODE:-0} tasks=${SLURM_NTASKS_PER_NODE:-}
-    if [[ $gpus -gt 0 && -n $tasks && $tasks -ne $gpus ]]; then
-        gptscale_die "--ntasks-per-node=$tasks but --gpus-per-node=$gpus: gptscale runs one task per GPU; " \
-            "pass both, e.g. sbatch --gpus-per-node=$gpus --ntasks-per-node=$gpus slurm/$sub.sh ..."
-    fi
-
-    # Rendezvous: the first host of the allocation, a port derived from the job id (same after a requeue).
-    local hosts
-    mapfile -t hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
-    [[ ${#hosts[@]} -gt 0 ]] || gptscale_die "scontrol show hostnames '$SLURM_JOB_NODELIST' printed nothing"
-    unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE  # stale values from the submit shell would win over srun's
-    # GPTSCALE_MASTER_ADDR: e.g. an IP or the node's InfiniBand name where Slurm's node names do not resolve
-    export MASTER_ADDR=${GPTSCALE_MASTER_ADDR:-${hosts[0]}}
-    export MASTER_PORT=${GPTSCALE_MASTER_PORT:-$((10000 + SLURM_JOB_ID % 50000))}
-
-    # NCCL and threads: defaults only where the user (or the cluster's module) set nothing.
-    export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
-    export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
-    export PYTHONUNBUFFERED=1
-    if ! command -v nvidia-smi >/dev/null 2>&1; then
-        export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}  # CPU nodes (and CI): DeepSpeed's CPU accelerator, gloo
-    fi
+    # Rendezvous (first host, port from the job id, GPTSCALE_MASTER_ADDR/PORT), stale RANK/WORLD_SIZE/... dropped,
+    # NCCL/OMP defaults where unset, srun's flags, one task per GPU: gptscale/runtime/dist.py (slurm_env) sets
+    # them and exits 2 with a message where a rule is broken.
+    local setup srun_opts=() gpus=${SLURM_GPUS_ON_NODE:-0}
+    setup=$("$py" -m gptscale.runtime.dist slurm-env "$sub") || exit $?
+    eval "$setup"
 
     echo "gptscale-slurm: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) $sub on ${SLURM_JOB_NUM_NODES:-1}" \
         "node(s) [$SLURM_JOB_NODELIST], ${SLURM_NTASKS:-1} task(s), $gpus GPU(s)/node," \
@@ -75,11 +58,6 @@ gptscale_launch() {
     echo "gptscale-slurm: $py -m gptscale $sub ${args[*]}"
 
     # srun: every task gets SLURM_PROCID/NTASKS/LOCALID; gptscale.runtime.dist turns them into RANK/WORLD_SIZE/LOCAL_RANK.
-    # --kill-on-bad-exit: one failed rank ends the step instead of leaving the others hanging in a collective.
-    local srun_opts=(--kill-on-bad-exit=1 --unbuffered)
-    if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then
-        srun_opts+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")  # Slurm 22.05's srun does not inherit it
-    fi
     if [[ $sub == pretrain ]]; then
         # The ranks catch USR2 themselves: checkpoint at the next step boundary, `scontrol requeue`, exit 0.
         exec srun "${srun_opts[@]}" "$py" -u -m gptscale "$sub" "${args[@]}"

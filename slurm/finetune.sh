@@ -19,13 +19,9 @@
 #SBATCH --signal=B:USR2@120
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out
-set -euo pipefail
-GPTSCALE_REPO=${GPTSCALE_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
-if [[ ! -f $GPTSCALE_REPO/slurm/common.sh ]]; then
-    echo "gptscale-slurm: error: $GPTSCALE_REPO/slurm/common.sh not found: run sbatch from the gptscale" \
-        "checkout or set GPTSCALE_REPO=/path/to/gptscale" >&2
-    exit 2
-fi
+[[ -f ${GPTSCALE_REPO:=${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh ]] || { echo "gptscale-slurm: error:" \
+    "$GPTSCALE_REPO/slurm/common.sh not found: run sbatch from the gptscale checkout or set" \
+    "GPTSCALE_REPO=/path/to/gptscale" >&2; exit 2; }
 # shellcheck source=slurm/common.sh
-source "$GPTSCALE_REPO/slurm/common.sh"
+source "$GPTSCALE_REPO/slurm/common.sh"  # sets -euo pipefail, defines gptscale_launch
 gptscale_launch finetune "$@"

@@ -1,5 +1,5 @@
 """A real Slurm 22.05 cluster on this machine for the tests: munged, MariaDB + slurmdbd, slurmctld and two
-slurmd "nodes" (node1, node2: 8 CPUs and 8 fake GPUs each), everything under one temporary root.
+slurmd "nodes" (node1, node2: 64 CPUs and 8 fake GPUs each), everything under one temporary root.
 
     python tests/slurm_cluster.py up            # prints the root and `export SLURM_CONF=...`; Ctrl-C tears down
     python tests/slurm_cluster.py down ROOT     # tear down a cluster left behind (by its pid files)
@@ -8,7 +8,8 @@ Nothing is mocked: sbatch, srun, scancel, sacct and submitit talk to the real da
 run as root, device nodes, /etc/hosts). Missing Debian packages are installed with apt-get (services are
 kept from starting by a temporary /usr/sbin/policy-rc.d). Teardown goes by pid only, never by process name:
 daemons by their pid files, job processes by the cluster's marker (GPTSCALE_SLURM_ROOT=<root>) or a
-SLURM_JOB_ID in /proc/<pid>/environ. Facts behind each setting: ../shared/notes/slurm-in-ci.md.
+SLURM_JOB_ID in /proc/<pid>/environ. The cluster's files: tests/slurm_conf.py; packages, /etc/hosts and
+processes by pid: tests/slurm_host.py. Facts behind each setting: ../shared/notes/slurm-in-ci.md.
 """
 
 from __future__ import annotations
@@ -19,98 +20,28 @@ import re
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gptscale.runtime.dist import free_port
+from slurm_conf import NODES, write_config
+from slurm_host import (
+    HOSTS,
+    ClusterError,
+    add_hosts_line,
+    alive,
+    ensure_packages,
+    environ_of,
+    kill_pids,
+    pids_with_env,
+    remove_hosts_line,
+)
 
-PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server"]
-BINARIES = ["slurmctld", "slurmd", "slurmdbd", "sbatch", "srun", "sacct", "munged", "mariadbd",
-            "mariadb-install-db"]
-NODES = ("node1", "node2")
-CPUS_PER_NODE = 64  # like a real 8-GPU node; config_overrides lets a 2-core machine advertise it
-GPUS_PER_NODE = 8
+from gptscale.runtime.dist import DIST_VARS
+
 MARKER = "GPTSCALE_SLURM_ROOT"
-HOSTS = Path("/etc/hosts")
-INSTALL_CMD = ("DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends " + " ".join(PACKAGES))
-
-
-class ClusterError(RuntimeError):
-    """The cluster could not be installed or started; the message names the command or log to look at."""
-
-
-def _alive(pid: int) -> bool:
-    """True for a running process; a zombie counts as gone (kill -0 succeeds on zombies)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("State:"):
-                return "Z" not in line.split()[1]
-    except OSError:
-        return False
-    return False
-
-
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
-
-
-def pids_with_env(key: str, value: str) -> list[int]:
-    """Pids whose environment has key=value (this process and its parents excluded)."""
-    mine = {os.getpid(), os.getppid()}
-    return sorted(int(p.name) for p in Path("/proc").iterdir()
-                  if p.name.isdigit() and int(p.name) not in mine and _environ(int(p.name)).get(key) == value
-                  and _alive(int(p.name)))
-
-
-def kill_pids(pids: list[int], grace: float = 5.0) -> None:
-    """SIGTERM, wait up to `grace` seconds, then SIGKILL the survivors (each by pid)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.time() + grace
-        while time.time() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.1)
-        pids = [p for p in pids if _alive(p)]
-        if not pids:
-            return
-
-
-def ensure_packages() -> None:
-    """Install the Debian packages when a binary is missing; services must not start (policy-rc.d)."""
-    if all(shutil.which(b) for b in BINARIES):
-        return
-    policy = Path("/usr/sbin/policy-rc.d")
-    made_policy = not policy.exists()
-    if made_policy:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        cmd = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        if p.returncode != 0:  # stale package lists on a fresh machine
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True, check=False)
-            p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        if p.returncode != 0:
-            raise ClusterError(f"installing Slurm failed (exit {p.returncode}); run as root:\n  apt-get update && "
-                               f"{INSTALL_CMD}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
-    finally:
-        if made_policy:
-            policy.unlink(missing_ok=True)
-    missing = [b for b in BINARIES if not shutil.which(b)]
-    if missing:
-        raise ClusterError(f"still missing after apt-get install: {missing}; run: {INSTALL_CMD}")
 
 
 class SlurmCluster:
@@ -140,8 +71,8 @@ class SlurmCluster:
         try:
             (self.root / "run").mkdir(parents=True, exist_ok=True)
             (self.root / "run" / "owner").write_text(str(os.getpid()))  # not *.pid: stop() kills those
-            self._write_config()
-            self._add_hosts()
+            self.ports = write_config(self.root, self.name, self.host, self.munge_socket)
+            add_hosts_line(self.hosts_line)  # node names must resolve (MASTER_ADDR=node1); removed on stop
             self._start_munge()
             self._start_db()
             self._spawn("slurmdbd", ["slurmdbd", "-D"])
@@ -156,94 +87,6 @@ class SlurmCluster:
             raise
         return self
 
-    def _write_config(self) -> None:
-        r = self.root
-        for d in ("etc", "state", "run", "log", "munge", "dev", "mysql", *(f"spool/{n}" for n in NODES)):
-            (r / d).mkdir(parents=True, exist_ok=True)
-        os.chmod(r, 0o755)
-        self.ports = {k: free_port() for k in ("ctld", "dbd", "mysql", *NODES)}
-        for i in range(GPUS_PER_NODE):
-            dev = r / "dev" / f"nvidia{i}"
-            if not dev.exists():
-                os.mknod(dev, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a char device like /dev/null
-        first_job = int(time.time()) % 60_000_000 + 1000  # fresh ids (< MaxJobId): no stale submitit results
-        nodes = "\n".join(
-            f"NodeName={n} NodeAddr=127.0.0.1 NodeHostname={self.host} Port={self.ports[n]} CPUs={CPUS_PER_NODE} "
-            f"RealMemory=8000 Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN" for n in NODES)
-        self.conf.write_text(f"""\
-ClusterName={self.name}
-SlurmctldHost={self.host}(127.0.0.1)
-SlurmctldPort={self.ports['ctld']}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=socket={self.munge_socket},cred_expire=5
-StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool/%n
-SlurmctldPidFile={r}/run/slurmctld.pid
-SlurmdPidFile={r}/run/slurmd-%n.pid
-SlurmctldLogFile={r}/log/slurmctld.log
-SlurmdLogFile={r}/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-MpiDefault=none
-MailProg=/bin/true
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-EnforcePartLimits=ALL
-SlurmdParameters=config_overrides
-GresTypes=gpu
-FirstJobId={first_job}
-KillWait=5
-SchedulerParameters=sched_interval=2,bf_interval=2
-MessageTimeout=20
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=127.0.0.1
-AccountingStoragePort={self.ports['dbd']}
-AccountingStoragePass={self.munge_socket}
-{nodes}
-PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP
-""")
-        (r / "etc" / "gres.conf").write_text(
-            f"AutoDetect=off\nNodeName=node[1-{len(NODES)}] Name=gpu File={r}/dev/nvidia[0-{GPUS_PER_NODE - 1}]\n")
-        dbd = r / "etc" / "slurmdbd.conf"  # read from $SLURM_CONF's folder only; must be mode 600
-        dbd.write_text(f"""\
-AuthType=auth/munge
-AuthInfo=socket={self.munge_socket}
-DbdAddr=127.0.0.1
-DbdHost={self.host}
-DbdPort={self.ports['dbd']}
-SlurmUser=root
-LogFile={r}/log/slurmdbd.log
-PidFile={r}/run/slurmdbd.pid
-StorageType=accounting_storage/mysql
-StorageHost=127.0.0.1
-StoragePort={self.ports['mysql']}
-StorageUser=root
-StorageLoc=slurm_acct_{self.name}
-""")
-        dbd.chmod(0o600)
-
-    def _add_hosts(self) -> None:
-        """Node names must resolve (MASTER_ADDR=node1): one marked line in /etc/hosts, removed on stop."""
-        lines = HOSTS.read_text().splitlines()
-        if self.hosts_line not in lines:
-            with open(HOSTS, "a") as f:  # in place: /etc/hosts may be a bind mount
-                f.write(("" if not lines or HOSTS.read_text().endswith("\n") else "\n") + self.hosts_line + "\n")
-
-    def _remove_hosts(self) -> None:
-        try:
-            text = HOSTS.read_text()
-        except OSError:
-            return
-        kept = [ln for ln in text.splitlines() if ln != self.hosts_line]
-        if len(kept) != len(text.splitlines()):
-            with open(HOSTS, "w") as f:
-                f.write("\n".join(kept) + "\n")
-
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
         """Start a daemon in the foreground of its own session; its pid goes to run/<name>.pid."""
         with open(self.root / "log" / f"{name}.out", "ab") as log:  # the daemon keeps its own copy of the fd
@@ -253,7 +96,7 @@ StorageLoc=slurm_acct_{self.name}
         self.procs[name] = p
         return p
 
-    def _check_alive(self, name: str) -> None:
+    def _checkalive(self, name: str) -> None:
         p = self.procs[name]
         if p.poll() is not None:
             raise ClusterError(f"{name} exited {p.returncode} while starting:\n{self.log_tail(name)}")
@@ -297,7 +140,7 @@ StorageLoc=slurm_acct_{self.name}
             if cond():
                 return
             if name in self.procs:
-                self._check_alive(name)
+                self._checkalive(name)
             time.sleep(0.1)
         raise ClusterError(f"{name} not ready after {timeout:.0f} s:\n{self.log_tail(name)}")
 
@@ -311,7 +154,7 @@ StorageLoc=slurm_acct_{self.name}
     def _wait_idle(self, timeout: float) -> None:
         def idle() -> bool:
             for n in NODES:
-                self._check_alive(f"slurmd-{n}")
+                self._checkalive(f"slurmd-{n}")
             out = self.run(["sinfo", "-h", "-N", "-o", "%N %t"], check=False).stdout.split()
             states = dict(zip(out[::2], out[1::2]))
             return all(states.get(n) == "idle" for n in NODES)
@@ -373,21 +216,19 @@ StorageLoc=slurm_acct_{self.name}
         return pids_with_env("SLURM_JOB_ID", str(job_id))
 
     def job_environs(self, job_id: str) -> list[dict[str, str]]:
-        return [e for e in map(_environ, self.job_pids(job_id)) if e]
+        return [e for e in map(environ_of, self.job_pids(job_id)) if e]
 
     def job_env(self, **extra: str) -> dict[str, str]:
         """Environment for sbatch / the launcher (sbatch exports it to the job): this venv's python first on PATH,
         the CPU accelerator, one thread per rank, no process-group variables from outside."""
         bin_dir = str(Path(sys.executable).parent)
-        env = {k: v for k, v in self.env.items()
-               if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+        env = {k: v for k, v in self.env.items() if k not in DIST_VARS}
         env.update(PATH=bin_dir + os.pathsep + env.get("PATH", ""), GPTSCALE_PYTHON=sys.executable,
                    DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
         return env
 
-
     def wait_for_text(self, files: list[Path], text: str, job_id: str, count: int | None = None,
-                          timeout: float = 300) -> str:
+                      timeout: float = 300) -> str:
         """Poll until `text` occurs `count` times (default: once per file) in the files, e.g. once per rank;
         fail early, with the logs, if the job ended."""
         deadline = time.time() + timeout
@@ -416,7 +257,7 @@ StorageLoc=slurm_acct_{self.name}
                 pass
         ctld = self.root / "run" / "slurmctld.launched.pid"
         try:
-            if ctld.exists() and _alive(int(ctld.read_text())):
+            if ctld.exists() and alive(int(ctld.read_text())):
                 self.run(["scancel", "--full", "--quiet", "--user=root"], check=False, timeout=20)
                 deadline = time.time() + 15
                 while time.time() < deadline and self.run(["squeue", "-h"], check=False, timeout=10).stdout.strip():
@@ -424,14 +265,14 @@ StorageLoc=slurm_acct_{self.name}
         except Exception as e:  # noqa: BLE001 - teardown goes on regardless
             print(f"slurm_cluster: cancelling jobs at teardown failed ({e}); stopping the daemons", file=sys.stderr)
         # a pid file can outlive its process and the pid be reused: only processes carrying our marker
-        kill_pids(sorted(p for p in set(pids) if _environ(p).get(MARKER) == str(self.root)))
+        kill_pids(sorted(p for p in set(pids) if environ_of(p).get(MARKER) == str(self.root)))
         for p in self.procs.values():
             try:
                 p.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 pass
         kill_pids(pids_with_env(MARKER, str(self.root)), grace=2)  # job steps, slurmstepd, setsid'ed tasks
-        self._remove_hosts()
+        remove_hosts_line(self.hosts_line)
         if (self.root / "run" / "owner").exists():  # only a root this harness set up
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -465,7 +306,7 @@ if pytest is not None:
         """The tiny 8-step pre-training run, uninterrupted, started as users do on 2 nodes x 1 task:
         `sbatch --nodes=2 --ntasks-per-node=1 --gpus-per-node=1 slurm/pretrain.sh CONFIG`. The preemption
         tests compare their losses with it. Returns (job id, run dir, log text, config file)."""
-        from test_pretrain import REPO, base_config
+        from helpers import REPO, base_config  # lazy: helpers needs pytest, numpy, pyarrow; `up`/`down` do not
 
         tmp = tmp_path_factory.mktemp("slurm_ref")
         cfg = base_config(tmp, shard_dir, tok_dir)
@@ -493,10 +334,10 @@ def reap_stale_clusters() -> None:
         root = Path(line.rsplit(" ", 1)[1])
         owner = root / "run" / "owner"
         try:
-            alive = _alive(int(owner.read_text()))
+            owner_alive = alive(int(owner.read_text()))
         except (OSError, ValueError):
-            alive = False
-        if not alive:
+            owner_alive = False
+        if not owner_alive:
             SlurmCluster(root).stop()
 
 

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from gptscale.launcher.executor import ExecutorOptions, LauncherError, parse_time
+from gptscale.launcher import executor as ex
+from gptscale.launcher.cli import build_parser
+from gptscale.launcher.executor import ExecutorOptions, LauncherError, make_executor, parse_time
 from gptscale.launcher.grid import GridCell, aggregate, format_table, grid_cells, write_plan
-from gptscale.launcher.jobs import resolve_run
+from gptscale.launcher.jobs import export_dist_env, resolve_run
 from helpers import REPO, fault_env, losses
 
 pytest_plugins = ["slurm_cluster"]
@@ -61,6 +63,41 @@ def test_options_are_checked_with_the_flag_named():
         ExecutorOptions(gpus_per_node=8, tasks_per_node=4)
     with pytest.raises(LauncherError, match="--nodes 1"):
         ExecutorOptions(executor="local", nodes=2)
+    with pytest.raises(LauncherError, match=r"--tasks-per-node=4 but --gpus-per-node=8: .*; drop --tasks-per-node"):
+        ExecutorOptions(gpus_per_node=8, tasks_per_node=4)
+
+
+def test_comma_separated_flags(capsys):
+    ns = build_parser().parse_args(["finetune-grid", "--tasks", "rte,mrpc,", "--seeds", "1, 2", "--lrs", "1e-4",
+                                    "--out", "g"])
+    assert (ns.tasks, ns.seeds, ns.lrs) == (["rte", "mrpc"], [1, 2], [1e-4])
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["finetune-grid", "--tasks", "rte", "--seeds", "1,x", "--out", "g"])
+    assert e.value.code == 2
+    assert "argument --seeds: expected a comma-separated list of int, got '1,x'" in capsys.readouterr().err
+
+
+def test_srun_line_of_the_submission_script(tmp_path, monkeypatch):
+    """submitit's srun gets gptscale.runtime.dist's flags once each; no shell setup lines (the job sets its own
+    environment defaults, before torch loads)."""
+    monkeypatch.setattr(ex.shutil, "which", lambda name: f"/usr/bin/{name}")  # as on a login node
+    opts = ExecutorOptions(nodes=2, gpus_per_node=4, cpus_per_task=6, folder=str(tmp_path))
+    text = make_executor(opts, name="x")._executor._make_submission_file_text("python -m submitit.core._submit x", "u")
+    srun = next(ln for ln in text.splitlines() if ln.startswith("srun "))
+    assert srun.count("--unbuffered") == 1 and srun.count("--kill-on-bad-exit=1") == 1
+    assert "--cpus-per-task=6" in srun and "OMP_NUM_THREADS" not in text
+
+
+def test_a_task_gets_the_schedulers_rank_and_the_rendezvous_override(monkeypatch):
+    """Under srun (submitit's Slurm executor) stale RANK / MASTER_PORT from the submitting shell are dropped;
+    GPTSCALE_MASTER_PORT is honoured as with the sbatch scripts."""
+    env = {"SLURM_JOB_ID": "777", "SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1",
+           "SLURM_JOB_NODELIST": "node1", "GPTSCALE_MASTER_PORT": "24680", "RANK": "0", "WORLD_SIZE": "1",
+           "MASTER_PORT": "29500", "SUBMITIT_EXECUTOR": "slurm", "PATH": os.environ["PATH"]}
+    monkeypatch.setattr(os, "environ", env)  # the task's own environment (os.environ is replaced, then restored)
+    export_dist_env()
+    assert [env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")] == \
+        ["3", "4", "1", "node1", "24680"]
 
 
 def test_run_dir_is_pinned_and_config_checked_before_submitting(tmp_path, monkeypatch):
@@ -96,14 +133,16 @@ def test_grid_table_from_run_dirs(tmp_path):
     assert "rte" in text and "*" in text
     tsv = (tmp_path / "results.tsv").read_text().splitlines()
     assert tsv[0].split("\t")[:5] == ["task", "lr", "seed", "metric", "value"] and len(tsv) == 9
+    assert tsv[1].split("\t")[:7] == ["rte", "0.0001", "1", "accuracy", "0.5000", "2", "done"]
+    assert [r.split("\t")[4:7] for r in tsv if r.startswith("mrpc\t6.25e-05")] == [["-", "-", "missing"]] * 2
+    summary_tsv = (tmp_path / "summary.tsv").read_text().splitlines()
+    assert "mrpc\t6.25e-05\t\t-\t-\t0\t2\tFalse" in summary_tsv
     assert json.loads((tmp_path / "results.json").read_text())["summary"]
     assert GridCell(**cells[0].__dict__).args[:2] == ["--task", cells[0].task]
 
 
 def test_a_job_that_can_never_start_is_cancelled_not_left_pending(monkeypatch):
     """Clusters without EnforcePartLimits accept an impossible job and keep it PENDING (PartitionConfig)."""
-    import gptscale.launcher.executor as ex
-
     class FakeJob:
         job_id, cancelled = "123", False
 
@@ -138,8 +177,6 @@ def test_local_executor_runs_a_finetune_here(tmp_path, tok_dir, data_dir):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_submission_script_requeues_signals_and_runs_one_task_per_gpu(slurm_cluster, tmp_path):
-    from gptscale.launcher.executor import make_executor
-
     opts = ExecutorOptions(nodes=2, gpus_per_node=8, cpus_per_task=6, time="1-00:00:00", partition="gpu",
                            account="proj", signal_delay_s=240, folder=str(tmp_path))
     ex = make_executor(opts, name="gptscale-pretrain")

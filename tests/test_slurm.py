@@ -28,7 +28,7 @@ def _steps(cluster, job_id: str) -> dict[str, list[dict[str, str]]]:
 
 def test_sbatch_pretrain_on_two_nodes(slurm_cluster, slurm_pretrain_reference):
     """(a) 2 nodes x 1 task: trains to the end, checkpoints and TensorBoard events read back."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # lazy: slow, one test
 
     jid, run, log, _ = slurm_pretrain_reference
     assert f"job {jid} (restart 0) pretrain on 2 node(s) [node[1-2]], 2 task(s), 1 GPU(s)/node" in log
