@@ -1,15 +1,18 @@
-"""gptscale.tasks.metrics against scikit-learn and scipy on many random inputs and the edge cases."""
+"""gptscale.tasks.metrics against scikit-learn and scipy on many random inputs and the edge cases; compute_metrics:
+per-value accuracy (Task.accuracy_by)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
 import numpy as np
 import pytest
-import scipy.stats as stats  # noqa: E402
-import sklearn.metrics as sk  # noqa: E402  (test-only dependency: the dev extra)
+import sklearn.metrics as sk  # test-only dependency: the dev extra
+from scipy import stats
 
+from gptscale.tasks import TASKS, Example, compute_metrics
 from gptscale.tasks import metrics as M
 
 # sklearn warns about single-class inputs; those are exactly the edge cases we check
@@ -102,3 +105,13 @@ def test_compute_and_registry():
         M.compute(["bleu"], [1], [1])
     with pytest.raises(ValueError, match="same length"):
         M.accuracy([1, 0], [1])
+
+
+def test_accuracy_by_adds_accuracy_per_meta_value():
+    exs = [Example("a", label=1, meta={"genre": g}) for g in ("news", "news", "fiction")]
+    by_genre = dataclasses.replace(TASKS["sst2"], accuracy_by=("genre", ("news", "fiction", "poetry")))
+    assert compute_metrics(by_genre, [1, 0, 1], exs) == {"accuracy": pytest.approx(2 / 3), "accuracy_news": 0.5,
+                                                          "accuracy_fiction": 1.0}  # no poetry examples: no key
+    assert list(compute_metrics(TASKS["sst2"], [1, 0, 1], exs)) == ["accuracy"]
+    with pytest.raises(ValueError, match="some examples have no label"):
+        compute_metrics(TASKS["sst2"], [1], [Example("test row")])

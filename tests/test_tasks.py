@@ -1,23 +1,19 @@
-"""gptscale.tasks: loaders on the real shared files, GPT-1 input transformations, collate, errors."""
+"""gptscale.tasks: loaders on the real shared files, the custom task, the shared file readers, GPT-1 input
+transformations, collate, errors."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from gptscale.tasks import (
-    TASKS,
-    Example,
-    TaskDataError,
-    collate,
-    compute_metrics,
-    custom_task,
-    encode_example,
-    load_task,
-)
+from gptscale.tasks import TASKS, Example, TaskDataError, collate, compute_metrics, encode_example, load_task
+from gptscale.tasks.predict import PredictError, read_examples
+from gptscale.tasks.readers import custom_task, json_lines, read_dicts, read_rows
+from gptscale.tasks.registry import task_for
 from gptscale.tokenizer import Tokenizer
 
 # task, split -> rows (README table), label counts where the labels are categorical
@@ -90,7 +86,8 @@ def test_spot_checked_rows(loaded):
     assert mrpc.label == 1 and mrpc.text_a.startswith("Amrozi accused his brother")
     assert mrpc.text_b.startswith("Referring to him as only \" the witness \"")  # bare quotes kept (QUOTE_NONE)
     sts = loaded["stsb", "train"][:2]
-    assert (sts[0].text_a, sts[0].text_b, sts[0].label) == ("A plane is taking off.", "An air plane is taking off.", 5.0)
+    assert (sts[0].text_a, sts[0].text_b, sts[0].label) == ("A plane is taking off.", "An air plane is taking off.",
+                                                            5.0)
     assert sts[1].label == pytest.approx(3.8)
     sst = loaded["sst2", "dev"][0]
     assert sst.text_a == "it 's a charming and often affecting journey . " and sst.label == 1
@@ -134,11 +131,15 @@ def test_race_and_story_cloze(loaded):
 
 
 def test_race_metrics_per_level(loaded):
+    assert [(n, t.accuracy_by) for n, t in TASKS.items() if t.accuracy_by] == [("race", ("level", ("middle", "high")))]
     race = loaded["race", "dev"]
     preds = [e.label if e.meta["level"] == "middle" else (e.label + 1) % 4 for e in race]
     m = compute_metrics(TASKS["race"], preds, race)
+    assert list(m) == ["accuracy", "accuracy_middle", "accuracy_high"]
     assert m["accuracy_middle"] == 1.0 and m["accuracy_high"] == 0.0
     assert m["accuracy"] == pytest.approx(1436 / len(race))
+    high = race[1436:]
+    assert list(compute_metrics(TASKS["race"], [e.label for e in high], high)) == ["accuracy", "accuracy_high"]
 
 
 def test_data_dir_forms(data_dir):
@@ -170,7 +171,8 @@ def test_wrong_columns_and_labels(tmp_path):
     d = tmp_path / "glue" / "RTE"
     d.mkdir(parents=True)
     (d / "train.tsv").write_text("index\tpremise\thypothesis\tlabel\n0\ta\tb\tentailment\n")
-    with pytest.raises(TaskDataError, match=r"no column 'sentence1'.*expects: GLUE TSV with header: index sentence1 sentence2 label") as e:
+    with pytest.raises(TaskDataError, match=r"no column 'sentence1'.*expects: GLUE TSV with header: index sentence1 "
+                                            r"sentence2 label") as e:
         load_task("rte", tmp_path, "train")
     assert str(d / "train.tsv") in str(e.value)
     (d / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
@@ -193,7 +195,10 @@ def test_fit_splits_heldout_and_overrides(data_dir, loaded):
     sc = TASKS["story_cloze"]
     train, dev, names = sc.fit_splits(data_dir)
     assert names == ("train", "heldout (374 of train)") and (len(train), len(dev)) == (1497, 374)  # GPT-1's split
-    ids = lambda xs: [e.meta["id"] for e in xs]  # noqa: E731
+
+    def ids(xs: list[Example]) -> list[str]:
+        return [e.meta["id"] for e in xs]
+
     assert sorted(ids(train) + ids(dev)) == sorted(ids(loaded["story_cloze", "val"]))  # disjoint, nothing lost
     assert ids(sc.fit_splits(data_dir)[1]) == ids(dev)  # fixed seed: every run selects on the same stories
     train, dev, names = TASKS["race"].fit_splits(data_dir, "dev_middle", "dev_high")
@@ -218,8 +223,7 @@ def test_imdb_local_layouts(tmp_path):
                                                  ("great film train", 1), ("great film two", 1)]
     assert ex[0].meta["rating"] == 2
     pq = pytest.importorskip("pyarrow.parquet")
-    import pyarrow as pa
-
+    pa = pytest.importorskip("pyarrow")
     hf = tmp_path / "hf" / "plain_text"
     hf.mkdir(parents=True)
     pq.write_table(pa.table({"text": ["bad", "good"], "label": [0, 1]}), hf / "test-00000-of-00001.parquet")
@@ -234,17 +238,77 @@ def test_custom_task(tmp_path):
     (tmp_path / "train.csv").write_text("sent,other,y\nhello,there,pos\nbye,now,neg\n")
     (tmp_path / "dev.jsonl").write_text(json.dumps({"sent": "a", "other": "b", "y": "pos"}) + "\n")
     task = custom_task(text_col="sent", text_pair_col="other", label_col="y")
-    ex = task.load(tmp_path, "train")
-    assert task.kind == "entailment" and task.label_names == ["neg", "pos"]
+    ex = task.load(tmp_path, "train")  # labels inferred from the train file for the load ...
     assert [(e.text_a, e.text_b, e.label) for e in ex] == [("hello", "there", 1), ("bye", "now", 0)]
-    assert task.load(tmp_path, "dev")[0].label == 1
+    assert (task.kind, task.label_names) == ("?", [])  # ... the task itself unchanged
+    full = task.with_labels(tmp_path)
+    assert (full.kind, full.label_names, full.num_labels, full.metrics) == ("entailment", ["neg", "pos"], 2,
+                                                                            ["accuracy"])
+    assert full.with_labels(tmp_path) is full and full.load(tmp_path, "dev")[0].label == 1
     (tmp_path / "r.tsv").write_text("text\tscore\nx\t0.5\ny\t4\n")
-    r = custom_task(label_col="score")
-    ex = r.sources["train"][0].parse(r, [tmp_path / "r.tsv"])
-    assert r.kind == "regression" and [e.label for e in ex] == [0.5, 4.0] and r.metrics[0] == "pearson"
+    r, folder = task_for("custom", tmp_path / "r.tsv", label_col="score")
+    assert folder == tmp_path and r.kind == "regression" and r.metrics[0] == "pearson" and r.dev_split == "heldout"
+    assert [e.label for e in r.load(folder, "train")] == [0.5, 4.0]
     assert load_task("custom", tmp_path / "r.tsv", "test", label_col="score")[1].label == 4.0
     with pytest.raises(TaskDataError, match=r"no column\(s\) \['txt'\].*--text-col"):
         load_task("custom", tmp_path, "train", text_col="txt")
+    with pytest.raises(TaskDataError, match=r"train.csv:3: unknown label 'neg'"):  # the file's own line number
+        load_task("custom", tmp_path, "train", text_col="sent", label_col="y", label_names=["pos", "other"])
+
+
+def test_custom_task_for_a_single_file_leaves_the_registry_default_alone(tmp_path):
+    default = copy.deepcopy(TASKS["custom"])
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("".join(json.dumps({"s1": "a", "s2": "b", "same": ["no", "yes"][i % 2]}) + "\n" for i in range(20)))
+    task, folder = task_for("custom", f, text_col="s1", text_pair_col="s2", label_col="same")
+    train, dev, names = task.fit_splits(folder)
+    assert (task.kind, task.label_names, task.dev_split) == ("entailment", ["no", "yes"], "heldout")
+    assert {src.patterns for srcs in task.sources.values() for src in srcs} == {("pairs.jsonl",)}
+    assert names == ("train", "heldout (2 of train)") and (len(train), len(dev)) == (18, 2)
+    assert task_for("custom", f, text_col="s1", text_pair_col="s2", label_col="same")[0] is not task
+    (tmp_path / "train.csv").write_text("text,label\nx,1\ny,0\n")
+    assert [e.label for e in TASKS["custom"].load(tmp_path, "train")] == [1, 0]  # the default infers too ...
+    assert TASKS["custom"] == default  # ... and stays as it was
+    assert (default.kind, default.dev_split, default.sources["train"][0].patterns) == ("?", "dev", ("train.csv",))
+
+
+# ------------------------------------------------------------------------------------ file readers
+
+
+def test_shared_readers_name_file_and_line(tmp_path):
+    t = tmp_path / "a.tsv"
+    t.write_bytes('\ufeffh1\th2\n\nsay "hi\tthere\nshort\n'.encode())  # BOM, blank line, bare quote
+    assert read_rows(t) == [(1, ["h1", "h2"]), (3, ['say "hi', "there"]), (4, ["short"])]
+    assert read_dicts(t, "\t")[1] == [(3, {"h1": 'say "hi', "h2": "there"}), (4, {"h1": "short", "h2": ""})]
+    (tmp_path / "a.csv").write_text('text,label\n"one, two",1\n')
+    assert read_dicts(tmp_path / "a.csv") == (["text", "label"], [(2, {"text": "one, two", "label": "1"})])
+    j = tmp_path / "a.jsonl"
+    for body, err in ((b'{"x": 1}\n\n{"x": 2}\n{"x": \n', "a.jsonl:4: not a JSON line"),
+                      (b'{"x": 1}\n[1, 2]\n', "a.jsonl:2: expected a JSON object, got list"),
+                      (b'{"x": "\xff"}\n', "a.jsonl: not UTF-8")):
+        j.write_bytes(body)
+        with pytest.raises(TaskDataError, match=err):
+            json_lines(j)
+    (tmp_path / "dev-middle.jsonl").write_text('{"article": "a", "questions": ["q"], "options": [["1", "2", "3", '
+                                               '"4"]], "answers": ["B"], "id": "m1"}\n{"article": "b"}\n')
+    with pytest.raises(TaskDataError, match=r"dev-middle.jsonl:2: expected a JSON object with article"):
+        load_task("race", tmp_path, "dev_middle")
+
+
+def test_predict_file_formats(tmp_path):
+    f, c, j = tmp_path / "x.tsv", tmp_path / "x.csv", tmp_path / "x.jsonl"
+    f.write_text("a man sleeps\ta person rests\n\nit rains\twater\n")
+    assert [(e.text_a, e.text_b) for e in read_examples(f, pair=True)] == [("a man sleeps", "a person rests"),
+                                                                            ("it rains", "water")]
+    assert [e.text_b for e in read_examples(f, pair=False)] == [None, None]
+    c.write_text('text,text_pair\n"good, really",fine\n')
+    assert [(e.text_a, e.text_b) for e in read_examples(c, pair=True)] == [("good, really", "fine")]
+    j.write_text(json.dumps({"text": "t", "text_pair": "p"}) + "\n" + json.dumps({"txt": "t"}) + "\n")
+    with pytest.raises(PredictError, match=r"x.jsonl:2: expected a JSON object with \"text\""):
+        read_examples(j, pair=False)
+    f.write_text("one\ttwo\nonly one\n")
+    with pytest.raises(PredictError, match=r"x.tsv:2: needs text<TAB>text_pair"):
+        read_examples(f, pair=True)
 
 
 # ------------------------------------------------------------------------------ transformations

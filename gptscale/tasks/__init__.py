@@ -31,6 +31,11 @@ QNLI and RTE entailment=0/not_entailment=1, WNLI not_entailment=0/entailment=1 (
 SciTail entails=0/neutral=1, STS-B a float in [0, 5], RACE A-D -> 0-3, Story Cloze ending 1/2 -> 0/1.
 SNLI pairs without a gold label (``-``) are dropped, as everyone does.
 
+**Per-task rules** are ``Task`` fields set in registry.py, so a new task touches that file only: ``hub_columns``
+/ ``hub_label_offset`` / ``drop_unlabelled`` (the Hub fallback, gptscale/tasks/hub.py), ``accuracy_by``
+(RACE's per-level accuracy), ``submission_digits`` (GLUE submissions as 0/1), ``labels_from_files`` (the
+custom task: ``Task.with_labels`` returns a new Task with kind and labels read from its files).
+
 Input transformations, truncation, batching and scoring: gptscale/tasks/transforms.py.
 """
 

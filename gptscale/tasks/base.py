@@ -9,15 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptscale.errors import GptscaleError
+
 KINDS = ("classification", "entailment", "similarity", "regression", "multiple_choice")
 TRUNCATION = ("halves", "share")
 HELDOUT = "heldout"
 """Dev split name meaning: a seeded part of the training split, held out from training (see Task.fit_splits)."""
 HELDOUT_SEED = 3535999445
 """Fixed, so every fine-tuning seed selects epochs on the same held-out examples (the GPT-1 reference code's seed)."""
+INFER = "?"
+"""Task.kind of a task whose kind is read from its files (see Task.labels_from_files)."""
 
 
-class TaskDataError(ValueError):
+class TaskDataError(GptscaleError, ValueError):
     """Task files that are missing or not in the expected layout; the message names file, layout and fix."""
 
 
@@ -71,11 +75,38 @@ class Task:
     tasks without a dev file: ``heldout`` examples of the training split, left out of training."""
     heldout: int = 0
     """Examples a HELDOUT dev split takes, at most a fifth of the training split (0: a tenth of it)."""
+    accuracy_by: tuple[str, tuple[str, ...]] | None = None
+    """(Example.meta key, values): compute_metrics adds ``accuracy_<value>`` on the examples of each value
+    (RACE: ``("level", ("middle", "high"))`` -> accuracy_middle, accuracy_high)."""
+    submission_digits: bool = False
+    """GLUE submission files give 0/1 rather than label names (the tasks whose GLUE files use digits)."""
+    hub_columns: dict[str, Any] = field(default_factory=dict)
+    """Hub row -> Example: our field (text_a, text_b, choices, label, index) -> the Hub dataset's column; a
+    list of columns is joined (text_a) or gathered (choices). Empty: no Hub fallback, local files only."""
+    hub_label_offset: int = 0
+    """Added to the Hub's integer labels (Story Cloze's answer_right_ending counts from 1)."""
+    drop_unlabelled: bool = False
+    """Hub rows without a gold label (-1) are dropped instead of kept with label None (SNLI; GLUE test rows
+    are kept, unlabelled, for submissions)."""
+    labels_from_files: Callable[[Task, Path], Task] | None = None
+    """For a task whose kind and labels come from its files (custom): returns the task with them read from a
+    data folder; see ``with_labels``."""
 
     @property
     def splits(self) -> tuple[str, ...]:
         """Split names this task knows how to read locally (see ``available_splits`` for what exists)."""
         return tuple(self.sources)
+
+    def labels_known(self) -> bool:
+        """Kind and labels are set (always, except a custom task before ``with_labels``)."""
+        return self.kind != INFER and (self.kind == "regression" or bool(self.label_names))
+
+    def with_labels(self, data_dir: str | Path) -> Task:
+        """This task with its kind, labels and metrics known: itself, or a new Task with those read from the
+        files under ``data_dir`` (``labels_from_files``). The task itself never changes."""
+        if self.labels_from_files is None or self.labels_known():
+            return self
+        return self.labels_from_files(self, Path(data_dir))
 
     # ------------------------------------------------------------------------------ file resolution
 
@@ -131,17 +162,17 @@ class Task:
         try:
             paths, src = self.resolve(data_dir, split)
         except TaskDataError as local:
-            from gptscale.tasks import hub as task_hub
+            from gptscale.tasks import hub as task_hub  # here, not on top: hub.py imports this module
 
             if not self.hub[0] or split not in task_hub.HUB_SPLITS or task_hub.offline():
                 raise
             try:
                 return task_hub.load_from_hub(self, split)
-            except Exception as e:  # no network, unknown split, gated dataset ...: report both ways tried
+            except Exception as e:  # noqa: BLE001 (no network, unknown split, gated dataset ...: report both ways tried)
                 raise TaskDataError(f"{local} The Hub fallback datasets.load_dataset{self.hub} failed too "
                                     f"({type(e).__name__}: {str(e)[:300]}); set HF_HUB_OFFLINE=1 to skip it") from None
         try:
-            return src.parse(self, paths)
+            return src.parse(self.with_labels(data_dir), paths)
         except TaskDataError as e:
             raise TaskDataError(f"{e} [task {self.name} split {split!r} expects: {src.layout}; pass --data-dir "
                                 f"pointing at the original files]") from None

@@ -58,16 +58,13 @@ def submission_path(run_dir: Path, task: Task, split: str) -> Path:
 
 def write_submission(path: Path, task: Task, examples: list[Example], preds: list) -> None:
     """index<TAB>prediction, as the GLUE server reads it: label names (entailment, ...) for the NLI tasks,
-    0/1 for those whose GLUE files use digits (CoLA, SST-2, MRPC, QQP, WNLI), 3 decimals for STS-B."""
+    0/1 for those whose GLUE files use digits (``Task.submission_digits``: CoLA, SST-2, MRPC, QQP, WNLI),
+    3 decimals for STS-B."""
     rows = ["index\tprediction"] + [
-        f"{ex.meta.get('index', i)}\t{label_text(task, p, task.name in GLUE_DIGIT_LABELS)}"
+        f"{ex.meta.get('index', i)}\t{label_text(task, p, task.submission_digits)}"
         for i, (ex, p) in enumerate(zip(examples, preds))]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, ("\n".join(rows) + "\n").encode())
-
-
-GLUE_DIGIT_LABELS = ("cola", "sst2", "mrpc", "qqp", "wnli")
-"""GLUE tasks whose official files, and so its submission server, use 0/1 rather than label names."""
 
 
 def write_predictions(path: Path, task: Task, examples: list[Example], preds: list, confs: list) -> None:

@@ -21,39 +21,40 @@ per line (regression: the value), or writes them as a TSV with --out.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
+from gptscale.errors import GptscaleError, run_cli
 from gptscale.files import atomic_dir, atomic_write_bytes
+from gptscale.hf.convert import load_hf, write_hf
+from gptscale.model import GPT
 from gptscale.tasks import TASKS, Example, Task, collate, encode_example
 from gptscale.tasks.heads import TaskModel, predictions
+from gptscale.tasks.readers import json_lines, read_rows
+from gptscale.tokenizer import Tokenizer
+from gptscale.tokenizer_hf import save_hf
 
 TASK_FILE = "gptscale_task.json"
 HEAD_FILE = "task_head.safetensors"
 
 
-class PredictError(ValueError):
+class PredictError(GptscaleError, ValueError):
     """A model folder or input file that cannot be used; the message names it and the fix."""
 
 
 def save_task_model(out: Path, state: dict[str, torch.Tensor], model_cfg, task: Task, tok, info: dict[str, Any],
                     truncation: str = "halves") -> Path:
     """Write the fine-tuned model folder from a TaskModel state dict (keys `gpt.*`, `head.*`), atomically."""
-    from safetensors.torch import save_file
-
-    from gptscale.hf.convert import write_hf
-    from gptscale.model import GPT
-
     gpt = GPT(model_cfg)
     gpt.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("gpt.")}, strict=True)
     with atomic_dir(out, overwrite=True) as tmp:
         write_hf(gpt, tmp)
-        tok.save_hf(tmp, model_cfg.n_ctx)
+        save_hf(tok, tmp, model_cfg.n_ctx)
         save_file({k: state[k].contiguous() for k in ("head.weight", "head.bias")}, str(tmp / HEAD_FILE))
         meta = {"task": task.name, "kind": task.kind, "num_labels": task.num_labels,
                 "label_names": task.label_names, "metrics": task.metrics, "symmetric": task.symmetric,
@@ -75,11 +76,6 @@ class Predictor:
     """A fine-tuned model folder, ready to label text: `Predictor(dir).predict([Example(...), ...])`."""
 
     def __init__(self, folder: str | Path, device: str = "cpu"):
-        from safetensors.torch import load_file
-
-        from gptscale.hf.convert import load_hf
-        from gptscale.tokenizer import Tokenizer
-
         self.folder = Path(folder)
         f = self.folder / TASK_FILE
         if not f.is_file():
@@ -115,32 +111,24 @@ class Predictor:
 
 
 def read_examples(path: Path, pair: bool) -> list[Example]:
-    """Examples from a text/TSV/CSV/JSONL file (see the module docstring)."""
+    """Examples from a text/TSV/CSV/JSONL file (see the module docstring); errors name the file and line."""
     if not path.is_file():
         raise PredictError(f"--file {path}: no such file")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
     if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    rec = json.loads(line)
-                    rows.append((rec["text"], rec.get("text_pair")))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise PredictError(f"{path}:{n}: expected a JSON object with \"text\" (and optional "
-                                       f"\"text_pair\")") from None
-        return [Example(a, b) for a, b in rows]
-    delim = "," if path.suffix == ".csv" else "\t"
-    table = list(csv.reader(lines, delimiter=delim, quoting=csv.QUOTE_MINIMAL if delim == "," else csv.QUOTE_NONE))
-    if table and table[0] and table[0][0] == "text":
-        head = table[0]
-        ia, ib = 0, head.index("text_pair") if "text_pair" in head else None
-        table = table[1:]
-    else:
-        ia, ib = 0, 1 if pair else None
+        out = []
+        for n, rec in json_lines(path):
+            if "text" not in rec:
+                raise PredictError(f"{path}:{n}: expected a JSON object with \"text\" (and optional \"text_pair\")")
+            out.append(Example(rec["text"], rec.get("text_pair")))
+        return out
+    rows = read_rows(path, "," if path.suffix == ".csv" else "\t")
+    ia, ib = 0, 1 if pair else None
+    if rows and rows[0][1][0] == "text":
+        head = rows.pop(0)[1]
+        ib = head.index("text_pair") if "text_pair" in head else None
     out = []
-    for n, row in enumerate(table, 1):
-        if not row or not row[0].strip():
+    for n, row in rows:
+        if not row[0].strip():
             continue
         if ib is not None and len(row) <= ib:
             raise PredictError(f"{path}:{n}: needs text<TAB>text_pair for a pair task; found {len(row)} column(s)")
@@ -159,28 +147,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, help="batch mode: write text<TAB>label<TAB>confidence to this TSV")
     p.add_argument("--batch-size", type=int, default=32)
     a = p.parse_args(argv)
-    try:
-        pred = Predictor(a.model)
-        pair = bool(pred.meta.get("pair"))
-        if a.file:
-            examples = read_examples(a.file, pair)
-        elif a.text:
-            pairs = a.text_pair or [None] * len(a.text)
-            if len(pairs) != len(a.text):
-                raise PredictError(f"{len(a.text)} --text but {len(pairs)} --text-pair; give one pair per text")
-            examples = [Example(t, b, a.choice) for t, b in zip(a.text, pairs)]
-        else:
-            raise PredictError("give --text \"...\" (and --text-pair for pair tasks) or --file FILE")
-        if pair and any(ex.text_b is None for ex in examples):
-            raise PredictError(f"task {pred.task.name} ({pred.task.kind}) takes text pairs: add --text-pair "
-                               f"(or a second TSV column)")
-        if pred.task.kind == "multiple_choice" and not all(ex.choices for ex in examples):
-            raise PredictError(f"task {pred.task.name} is multiple choice: add one --choice per answer")
-        results = pred.predict(examples, a.batch_size)
-    except (PredictError, FileNotFoundError) as e:
-        print(f"gptscale predict: error: {e}", file=sys.stderr)
-        return 2
-    lines = [f"{label}\t{conf:.4f}" for label, conf in results]
+    pred = Predictor(a.model)
+    examples = _examples(a, pred)
+    lines = [f"{label}\t{conf:.4f}" for label, conf in pred.predict(examples, a.batch_size)]
     if a.out:
         body = ["text\ttext_pair\tlabel\tconfidence"] + [
             f"{ex.text_a}\t{ex.text_b or ''}\t{line}" for ex, line in zip(examples, lines)]
@@ -191,5 +160,25 @@ def cli(argv: list[str]) -> int:
     return 0
 
 
+def _examples(a: argparse.Namespace, pred: Predictor) -> list[Example]:
+    """The examples of the command line (--text/--text-pair/--choice, or --file), checked against the task."""
+    pair = bool(pred.meta.get("pair"))
+    if a.file:
+        examples = read_examples(a.file, pair)
+    elif a.text:
+        pairs = a.text_pair or [None] * len(a.text)
+        if len(pairs) != len(a.text):
+            raise PredictError(f"{len(a.text)} --text but {len(pairs)} --text-pair; give one pair per text")
+        examples = [Example(t, b, a.choice) for t, b in zip(a.text, pairs)]
+    else:
+        raise PredictError("give --text \"...\" (and --text-pair for pair tasks) or --file FILE")
+    if pair and any(ex.text_b is None for ex in examples):
+        raise PredictError(f"task {pred.task.name} ({pred.task.kind}) takes text pairs: add --text-pair "
+                           f"(or a second TSV column)")
+    if pred.task.kind == "multiple_choice" and not all(ex.choices for ex in examples):
+        raise PredictError(f"task {pred.task.name} is multiple choice: add one --choice per answer")
+    return examples
+
+
 if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    sys.exit(run_cli("gptscale predict", cli, sys.argv[1:]))

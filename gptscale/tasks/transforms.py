@@ -9,6 +9,9 @@
 - multiple choice: one ``[start] context [delim] answer_k [extract]`` per choice; RACE's context is the
   article followed by ``" " + question`` (the question is encoded separately, so it is never cut off).
 
+**Scoring**: ``compute_metrics`` gives the task's metrics, primary first, plus ``accuracy_<value>`` per value of
+``Task.accuracy_by`` (RACE: per school level).
+
 **Truncation** (``truncation=`` of ``encode_example``), every sequence always fits ``max_len`` and keeps its
 special tokens; text is cut from the end of a segment:
 
@@ -99,7 +102,7 @@ def collate(encoded_batch: Sequence[Sequence[Sequence[int]]], pad_id: int) -> tu
     int64 (index of each sequence's last token, the extract token) and ``lm_mask`` (B, n_seq, T) bool, True
     on real tokens (False on padding) for the auxiliary LM loss; T is the longest sequence of the batch.
     """
-    import torch
+    import torch  # here, not on top: the loaders and outputs (read by the sweep and the launcher) need no torch
 
     if not encoded_batch:
         raise ValueError("collate: empty batch")
@@ -123,14 +126,16 @@ def collate(encoded_batch: Sequence[Sequence[Sequence[int]]], pad_id: int) -> tu
 
 
 def compute_metrics(task: Task, preds: Sequence[Any], examples: Sequence[Example]) -> dict[str, float]:
-    """The task's metrics (primary first) on labelled examples; RACE adds ``accuracy_middle`` / ``_high``."""
+    """The task's metrics (primary first) on labelled examples, then ``accuracy_<value>`` for each value of the
+    task's ``accuracy_by`` meta key (RACE: ``accuracy_middle`` / ``accuracy_high``)."""
     labels = [ex.label for ex in examples]
     if any(lab is None for lab in labels):
         raise ValueError(f"task {task.name}: some examples have no label (a test split?)")
     out = metrics_mod.compute(task.metrics, list(preds), labels)
-    if task.name == "race":
-        for level in ("middle", "high"):
-            idx = [i for i, ex in enumerate(examples) if ex.meta.get("level") == level]
+    if task.accuracy_by:
+        key, values = task.accuracy_by
+        for value in values:
+            idx = [i for i, ex in enumerate(examples) if ex.meta.get(key) == value]
             if idx:
-                out[f"accuracy_{level}"] = metrics_mod.accuracy([preds[i] for i in idx], [labels[i] for i in idx])
+                out[f"accuracy_{value}"] = metrics_mod.accuracy([preds[i] for i in idx], [labels[i] for i in idx])
     return out
