@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from gptscale.config_types import ConfigError, coerce, field_docs, unknown_key  # noqa: F401 (re-exported)
+import yaml
+
+from gptscale.config_types import (  # noqa: F401 (ConfigError and field_docs are re-exported)
+    ConfigError,
+    coerce,
+    field_docs,
+    parse_overrides,
+    read_config_file,
+    unknown_key,
+)
 
 # --------------------------------------------------------------------------------------------- model
 
@@ -37,7 +44,8 @@ class ModelConfig:
     n_layer: int = 12
     """Number of transformer blocks."""
     n_head: int = 12
-    """Attention heads per block; d_model must be divisible by it."""
+    """Attention heads per block; d_model must be divisible by it (head size d_model / n_head: 64 in the
+    GPT-1 and GPT-2 presets, 80 to 128 in the GPT-3 ones)."""
     d_model: int = 768
     """Width of the residual stream (HF: n_embd)."""
     d_ff: int = 3072
@@ -141,7 +149,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation, schedule, checkpointing and logging of a pre-training run."""
+    """Optimisation, schedule, checkpointing and logging of a pre-training run. Fine-tuning reads only the
+    run-wide keys (run_dir, ds_config, precision, compile, betas/eps, optimizer, trackers, log_interval): its
+    recipe is the finetune section, and a train.* recipe key given to it is an error naming the one to use."""
 
     run_dir: str = "runs/default"
     """One folder per run: resolved config, logs, TensorBoard events and checkpoints."""
@@ -177,25 +187,33 @@ class TrainConfig:
     beta2: float = 0.999
     """Adam beta2."""
     eps: float = 1e-8
-    """Adam epsilon."""
+    """Adam epsilon (betas and epsilon apply to both loops; fine-tuning keeps pre-training's by
+    default, as GPT-1 did)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 disables)."""
     seed: int = 1234
-    """Seed of parameter init and dropout."""
+    """Seed of parameter init and dropout (the data order has its own, data.seed, so the two can vary
+    independently)."""
     log_interval: int = 10
     """Optimizer steps between console/TensorBoard log lines."""
     eval_interval: int = 1000
     """Steps between evaluations on the validation shards (0 disables)."""
     eval_steps: int = 50
-    """Validation batches per evaluation."""
+    """Validation batches per rank per evaluation (the same batches every time, so evaluations compare)."""
     checkpoint_interval: int = 1000
-    """Steps between checkpoints (one is always written at the end)."""
+    """Steps between checkpoints (one is always written at the end, and one at a preemption's step
+    boundary)."""
     keep_last: int = 3
     """Checkpoints kept in the run folder; older ones are deleted after a new one is complete."""
     peak_tflops: float | None = None
     """Peak dense TFLOP/s of one device for MFU; None picks a per-device default (H100 bf16: 989)."""
     max_bad_steps: int = 5
     """Non-finite losses in a row that stop the run (each one is skipped on every rank and counted)."""
+    optimizer: str = "adamw"
+    """Optimizer by name in gptscale.runtime.engine.OPTIMIZERS (both loops; with optimizer offload DeepSpeed's
+    CPU Adam is used instead)."""
+    trackers: str = "console,jsonl,tensorboard"
+    """Comma-separated monitoring sinks of gptscale.runtime.monitor.SINKS (both loops)."""
 
 
 @dataclass
@@ -214,15 +232,22 @@ class FinetuneConfig:
     batch_size: int = 32
     """Global batch size in examples (GPT-1: 32)."""
     micro_batch_size: int = 8
-    """Examples per rank per forward/backward; accumulation makes up batch_size."""
+    """Examples per rank per forward/backward; gradient accumulation makes up batch_size, which must be a
+    multiple of micro_batch_size x ranks."""
     epochs: int = 3
     """Passes over the training split (GPT-1: 3)."""
     warmup_fraction: float = 0.002
-    """Fraction of training spent in linear warm-up before linear decay (GPT-1: 0.2%)."""
+    """Fraction of the optimizer steps spent in linear warm-up from 0 to lr, before the linear decay to 0
+    (GPT-1: 0.2%)."""
     lm_coef: float = 0.5
     """Weight lambda of the auxiliary LM loss in L2 + lambda * L1 (0 disables)."""
     clf_dropout: float = 0.1
     """Dropout before the classifier head."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay on weight matrices and embeddings, not on biases or LayerNorm gains
+    (GPT-1: 0.01)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (GPT-1: 1; 0 disables)."""
     train_samples: int | None = None
     """If set, fine-tune on a seeded subset of this many training examples (few-shot)."""
     transfer_layers: int | None = None
@@ -301,75 +326,21 @@ def model_config(preset: str = "gpt1", **overrides: Any) -> ModelConfig:
     return build_section(ModelConfig, values, "model")
 
 
-def read_config_file(path: str | Path) -> dict[str, dict[str, tuple[Any, str]]]:
-    """Parse a YAML or JSON run config into {section: {key: (value, 'file')}}."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--config {path}: no such file")
-    text = path.read_text()
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise ConfigError(f"{path}: cannot parse: {e}") from e
-    data = data or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections ({', '.join(SECTIONS)})")
-    out: dict[str, dict[str, tuple[Any, str]]] = {}
-    for section, body in data.items():
-        if section not in SECTIONS:
-            raise unknown_key(str(section), list(SECTIONS), str(path))
-        if not isinstance(body, dict):
-            raise ConfigError(f"{path}: section {section!r} must be a mapping of key: value")
-        out[section] = {str(k): (v, str(path)) for k, v in body.items()}
-    return out
+def config_layers(argv: list[str] | None) -> tuple[list[dict[str, dict[str, tuple[Any, str]]]], list[str]]:
+    """The file layer (if --config is given) and the flag layer of argv, each {section: {key: (value, where)}};
+    with the arguments that are neither (for the entry point's own parser)."""
+    config_file, overrides, rest = parse_overrides(list(argv or []), list(SECTIONS))
+    return ([read_config_file(config_file, list(SECTIONS))] if config_file else []) + [overrides], rest
 
 
-def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, dict[str, tuple[Any, str]]], list[str]]:
-    """Split argv into (--config file, dotted overrides by section, remaining args).
-
-    Accepts ``--section.key=value`` and ``--section.key value``; arguments without a dot in the flag name
-    (e.g. ``--local_rank=0``, ``--task rte``) are returned untouched for the entry point's own parser.
-    """
-    config_file: str | None = None
-    overrides: dict[str, dict[str, tuple[Any, str]]] = {}
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name, eq, value = arg.partition("=")
-        if name == "--config":
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise ConfigError("--config needs a file path")
-                i += 1
-                value = argv[i]
-            config_file = value
-        elif name.startswith("--") and "." in name[2:]:
-            if not eq:
-                if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                    raise ConfigError(f"{name} needs a value: {name}=VALUE")
-                i += 1
-                value = argv[i]
-            section, _, key = name[2:].partition(".")
-            if section not in SECTIONS:
-                raise unknown_key(section, list(SECTIONS), f"flag {name}")
-            overrides.setdefault(section, {})[key] = (value, f"flag {name}")
-        else:
-            rest.append(arg)
-        i += 1
-    return config_file, overrides, rest
+def given_keys(argv: list[str] | None) -> set[str]:
+    """'section.key' of every key argv sets (in its --config file or as a flag), defaults and presets aside."""
+    return {f"{section}.{key}" for layer in config_layers(argv)[0] for section, keys in layer.items() for key in keys}
 
 
 def load_config(argv: list[str] | None = None) -> tuple[RunConfig, list[str]]:
     """Resolve defaults < preset < file < CLI into a RunConfig; return it with the unparsed args."""
-    config_file, overrides, rest = parse_overrides(list(argv or []))
-    layers = [read_config_file(config_file)] if config_file else []
-    layers.append(overrides)
+    layers, rest = config_layers(argv)
     sections = {}
     for section, cls in SECTIONS.items():
         merged: dict[str, tuple[Any, str]] = {}
@@ -395,6 +366,4 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "dict") -> Any:
 
 
 def dump_yaml(cfg: Any) -> str:
-    import yaml
-
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,6 +1,8 @@
-"""Typed values for dataclass configs: field docstrings, value coercion with clear errors, unknown-key hints.
+"""Typed values for dataclass configs: field docstrings, value coercion with clear errors, unknown-key hints,
+config files and ``--section.key=value`` flags.
 
-Generic over any dataclass (gptscale.config's sections, the launcher's ExecutorOptions); no gptscale types.
+Generic over any dataclass (gptscale.config's sections, the launcher's ExecutorOptions); no gptscale types
+but the errors' base class.
 """
 
 from __future__ import annotations
@@ -9,13 +11,19 @@ import ast
 import difflib
 import functools
 import inspect
+import json
 import textwrap
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, Union
 
+import yaml
 
-class ConfigError(ValueError):
+from gptscale.errors import GptscaleError
+
+
+class ConfigError(GptscaleError, ValueError):
     """A bad key or value in a config file or on the command line."""
 
 
@@ -68,44 +76,50 @@ def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             return value
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         raise bad(f"; choose one of {list(choices)}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if tp in (bool, int, float, str):
+        out = _scalar(value, tp)
+        if out is None:
+            raise bad(" (use true or false)" if tp is bool else "")
+        return out
+    return value
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        for parse in (lambda v: int(v.replace("_", "")), float):  # "1_000", "1e6"
+            try:
+                f = parse(value)
+            except ValueError:
+                continue
+            if float(f).is_integer():
+                return int(f)
+    return None
+
+
+def _scalar(value: Any, tp: type) -> Any:
+    """`value` as a bool, int, float or str (numbers and words from files and flags); None if it is not one."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise bad(" (use true or false)")
+        words = ("true", "1", "yes", "on", "false", "0", "no", "off")
+        return value.lower() in words[:4] if isinstance(value, str) and value.lower() in words else None
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                try:
-                    f = float(value)  # "1e6"
-                    if f.is_integer():
-                        return int(f)
-                except ValueError:
-                    pass
-        raise bad()
+        return _int(value)
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if number:
             return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise bad()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad()
-    return value
+        try:
+            return float(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+    if isinstance(value, str):
+        return value
+    return str(value) if number else None
 
 
 def unknown_key(key: str, valid: list[str], where: str, prefix: str = "") -> ConfigError:
@@ -114,3 +128,68 @@ def unknown_key(key: str, valid: list[str], where: str, prefix: str = "") -> Con
     return ConfigError(
         f"{where}: unknown key {prefix + key!r}{hint} (valid keys: {', '.join(prefix + v for v in valid)})"
     )
+
+
+# ------------------------------------------------------------------------------- files and flags
+
+Layer = dict[str, dict[str, tuple[Any, str]]]
+"""{section: {key: (raw value, where it came from)}}: one source of settings (a file, the flags)."""
+
+
+def flag_value(argv: list[str], i: int) -> tuple[str, str, int]:
+    """(flag name, value, index of the last argument used) of ``--name=value`` or ``--name value`` at argv[i]."""
+    name, eq, value = argv[i].partition("=")
+    if eq:
+        return name, value, i
+    if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+        raise ConfigError(f"{name} needs a value: {name}=VALUE")
+    return name, argv[i + 1], i + 1
+
+
+def read_config_file(path: str | Path, sections: list[str]) -> Layer:
+    """Parse a YAML or JSON config file of `sections` into a Layer."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ConfigError(f"{path}: cannot parse: {e}") from e
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections ({', '.join(sections)})")
+    out: Layer = {}
+    for section, body in data.items():
+        if section not in sections:
+            raise unknown_key(str(section), sections, str(path))
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: section {section!r} must be a mapping of key: value")
+        out[section] = {str(k): (v, str(path)) for k, v in body.items()}
+    return out
+
+
+def parse_overrides(argv: list[str], sections: list[str]) -> tuple[str | None, Layer, list[str]]:
+    """Split argv into (--config file, the flag Layer, remaining args).
+
+    Accepts ``--section.key=value`` and ``--section.key value``; arguments without a dot in the flag name
+    (e.g. ``--local_rank=0``, ``--task rte``) are returned untouched for the entry point's own parser.
+    """
+    config_file: str | None = None
+    overrides: Layer = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        name = argv[i].partition("=")[0]
+        if name == "--config":
+            _, config_file, i = flag_value(argv, i)
+        elif name.startswith("--") and "." in name[2:]:
+            _, value, i = flag_value(argv, i)
+            section, _, key = name[2:].partition(".")
+            if section not in sections:
+                raise unknown_key(section, sections, f"flag {name}")
+            overrides.setdefault(section, {})[key] = (value, f"flag {name}")
+        else:
+            rest.append(argv[i])
+        i += 1
+    return config_file, overrides, rest

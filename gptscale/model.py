@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from gptscale.config import ModelConfig
+from gptscale.errors import GptscaleError
 
 
 class CausalSelfAttention(nn.Module):
@@ -165,3 +166,21 @@ class GPT(nn.Module):
         the attention scores and weighted sums."""
         c = self.cfg
         return 6 * self.num_params(exclude_embeddings=True) + 12 * c.n_layer * c.d_model * seq_len
+
+
+class ModelLoadError(GptscaleError, ValueError):
+    """Weights or a model folder that do not fit the model; the message names the source and the keys."""
+
+
+def load_state(model: GPT, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict with shape errors that name the source and key."""
+    own = model.state_dict()
+    bad = [f"{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
+           if k in own and own[k].shape != v.shape]
+    if bad:
+        raise ModelLoadError(f"{source}: shape mismatch: " + "; ".join(bad[:6]))
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        raise ModelLoadError(f"{source}: weights do not match the model: missing {missing[:6]}, unexpected "
+                         f"{extra[:6]}; is it a complete OpenAI-GPT / GPT-2 checkpoint?")
+    model.load_state_dict(state, strict=True)

@@ -5,7 +5,9 @@
     srun python gptscale/pretrain.py --config run.yaml          (env derived from SLURM_*)
     gptscale pretrain --config run.yaml
 
-One run directory (train.run_dir) holds config.yaml, metrics.jsonl, tb/ (TensorBoard) and checkpoints/.
+One run directory (train.run_dir) holds config.yaml, train.log, metrics.jsonl, tb/ (TensorBoard) and
+checkpoints/. What the loop shares with fine-tuning (start-up, engine, checkpoints, monitor, preemption,
+the CLI error policy) lives in gptscale/runtime/.
 """
 
 from __future__ import annotations
@@ -14,24 +16,27 @@ import argparse
 import math
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from gptscale.config import RunConfig, dump_yaml, load_config
-from gptscale.data.manifest import ShardError, read_manifest
-from gptscale.files import atomic_write_bytes
+from gptscale.config import RunConfig, load_config
+from gptscale.data import ShardLoader, ShardStream
+from gptscale.data.manifest import read_manifest
+from gptscale.errors import GptscaleError
 from gptscale.model import GPT
 from gptscale.runtime import checkpoint, faults
-from gptscale.runtime.dist import device, init_distributed, print0, shutdown
-from gptscale.runtime.engine import DSConfigError, build_engine, load_ds_config, zero_stage
-from gptscale.runtime.monitor import Monitor, memory_gb, peak_tflops
+from gptscale.runtime.dist import device, print0
+from gptscale.runtime.engine import build_engine, evaluating, load_ds_config, optimizer_name, step_stats, zero_stage
+from gptscale.runtime.monitor import Progress, memory_gb, peak_tflops
 from gptscale.runtime.preempt import Preemption
+from gptscale.runtime.run import Run, run_entry_point, start_run
+from gptscale.tokenizer import Tokenizer
 
 
-class TrainingError(RuntimeError):
+class TrainingError(GptscaleError, RuntimeError):
     """A run that cannot start or continue; the message says why and what to change."""
 
 
@@ -75,9 +80,6 @@ def total_steps(cfg: RunConfig, world: int) -> int:
 
 
 def make_streams(cfg: RunConfig, sources: dict[str, float], manifests: dict[str, dict], rank: int, world: int):
-    from gptscale.data import ShardLoader, ShardStream
-    from gptscale.tokenizer import Tokenizer
-
     tok_hash = Tokenizer.load(cfg.data.tokenizer).hash if cfg.data.tokenizer else None
     common = dict(seed=cfg.data.seed, rank=rank, world_size=world, verify=cfg.data.verify_shards,
                   tokenizer_hash=tok_hash)
@@ -92,19 +94,17 @@ def make_streams(cfg: RunConfig, sources: dict[str, float], manifests: dict[str,
     return ShardLoader(train, num_workers=cfg.data.num_workers), val
 
 
-@torch.no_grad()
-def evaluate(engine, val, steps: int) -> float:
+def val_loss(engine, val, steps: int) -> float:
     """Mean next-token loss over `steps` validation batches per rank (the same batches every time)."""
-    engine.eval()
     val.load_state_dict({**val.state_dict(), "position": 0})
     total = torch.zeros(2, dtype=torch.float64)
     it = iter(val)
-    for _ in range(steps):
-        batch = next(it).to(device())
-        _, loss = engine(batch[:, :-1], batch[:, 1:])
-        total += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
+    with evaluating(engine):
+        for _ in range(steps):
+            batch = next(it).to(device())
+            _, loss = engine(batch[:, :-1], batch[:, 1:])
+            total += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
     dist.all_reduce(total)
-    engine.train()
     return (total[0] / total[1]).item()
 
 
@@ -137,120 +137,149 @@ def train_step(engine, it, accum: int, state: dict) -> float:
     return mean.item() / dist.get_world_size()
 
 
-def _optimizer_name(engine) -> str:
-    """The innermost optimizer class (e.g. AdamW, DeepSpeedCPUAdam) under DeepSpeed's ZeRO wrappers."""
-    opt = engine.optimizer
-    while hasattr(opt, "optimizer") and opt.optimizer is not opt:
-        opt = opt.optimizer
-    return type(opt).__name__
+STEP_SCALARS = {"loss": "train/loss", "lr": "lr", "grad_norm": "grad_norm", "tokens_per_sec": "tokens_per_sec",
+                "tflops": "tflops", "mfu": "mfu", "loss_scale": "loss_scale", "memory_gb": "memory_gb",
+                "skipped": "train/skipped_steps"}
+"""Step metric -> its TensorBoard tag (written at log steps)."""
 
 
-def _grad_norm(engine) -> float | None:
-    g = engine.get_global_grad_norm()
-    return None if g is None else float(g)
+def step_line(step: int, total: int, m: dict[str, Any], eta: str) -> str:
+    """The llm.c-style console line of one step: loss, lr, grad norm, tok/s, TFLOP/s, MFU, memory, ETA."""
+    parts = [f"step {step}/{total}", f"loss {m['loss']:.4f}", f"lr {m['lr']:.3e}"]
+    if m.get("grad_norm") is not None:
+        parts.append(f"gnorm {m['grad_norm']:.3f}")
+    parts.append(f"{m['tokens_per_sec']:,.0f} tok/s")
+    if m.get("tflops") is not None:
+        parts.append(f"{m['tflops']:.3g} TFLOP/s")
+    if m.get("mfu") is not None:
+        parts.append(f"MFU {100 * m['mfu']:.1f}%")
+    if m.get("loss_scale") is not None:
+        parts.append(f"scale {m['loss_scale']:g}")
+    parts.append(f"mem {m['memory_gb']:.2f} GB")
+    if m.get("skipped"):
+        parts.append(f"skipped {m['skipped']}")
+    return " | ".join(parts + [f"eta {eta}"])
 
 
-def _loss_scale(engine, precision: str) -> float | None:
-    if precision != "fp16":
-        return None
-    opt = engine.optimizer
-    return float(getattr(opt, "cur_scale", getattr(opt, "loss_scale", float("nan"))))
+@dataclass
+class Loop:
+    """What the step loop reads and updates."""
+
+    cfg: RunConfig
+    run: Run
+    engine: Any
+    loader: ShardLoader
+    val: ShardStream | None
+    steps_total: int
+    tokens_per_step: int
+    flops_per_token: int
+    n_params: int
+    step: int = 0
+    tokens: int = 0
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
     """Train per `cfg`; returns the final step's metrics (on every rank)."""
     preempt = Preemption()  # first: a USR2 during setup (engine build, checkpoint load) is acted on after step 1
-    rank, world, _ = init_distributed()
-    run_dir = Path(cfg.train.run_dir)
     sources, manifests = check_data(cfg)
     ds = load_ds_config(cfg.train.ds_config)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run_dir / "config.yaml", dump_yaml(cfg).encode())
-    dist.barrier()
-    steps_total = total_steps(cfg, world)
+    run = start_run(cfg)
+    try:
+        loop = setup(cfg, run, resume, sources, manifests)
+        run.monitor.log(f"gptscale pretrain: {loop.n_params / 1e6:.2f}M params, ZeRO-{zero_stage(ds)}, "
+                        f"{cfg.train.precision}, optimizer {optimizer_name(loop.engine)}, world {run.world}, global "
+                        f"batch {loop.tokens_per_step // cfg.data.seq_len} x {cfg.data.seq_len} tokens, "
+                        f"{loop.steps_total} steps -> {run.run_dir}")
+        metrics = train(loop, preempt, zero_stage(ds))
+        run.monitor.log(f"done: step {loop.step}, {loop.tokens:,} tokens; TensorBoard: tensorboard --logdir "
+                        f"{run.run_dir / 'tb'}")
+    finally:
+        preempt.restore()
+        run.close()
+    return {"step": loop.step, **metrics}
+
+
+def setup(cfg: RunConfig, run: Run, resume: str, sources: dict[str, float], manifests: dict[str, dict]) -> Loop:
+    """Model, engine and streams, resumed from `resume`'s checkpoint when there is one."""
+    steps_total = total_steps(cfg, run.world)
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model)
     n_params, flops_tok = model.num_params(), model.flops_per_token(cfg.data.seq_len)  # before ZeRO-3 partitions
-    found = checkpoint.find(run_dir, resume)
-    elastic = bool(found) and checkpoint.saved_world_size(*found) != world
+    found = checkpoint.find(run.run_dir, resume)
+    elastic = bool(found) and checkpoint.saved_world_size(*found) != run.world
     if elastic:  # written by another world size: through DeepSpeed's universal checkpoint
         checkpoint.to_universal(*found)
-        print0(f"elastic resume: {found[0] / found[1]} was written by {checkpoint.saved_world_size(*found)} ranks, "
-               f"continuing on {world}")
-    engine = build_engine(model, cfg.train, world, steps_total, load_universal=elastic)
-    loader, val = make_streams(cfg, sources, manifests, rank, world)
-    step, tokens, resumed_msg = 0, 0, ""
+        run.monitor.log(f"elastic resume: {found[0] / found[1]} was written by {checkpoint.saved_world_size(*found)} "
+                        f"ranks, continuing on {run.world}")
+    engine = build_engine(model, cfg.train, run.world, steps_total, load_universal=elastic)
+    loader, val = make_streams(cfg, sources, manifests, run.rank, run.world)
+    tokens_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * run.world * cfg.data.seq_len
+    loop = Loop(cfg, run, engine, loader, val, steps_total, tokens_per_step, flops_tok, n_params,
+                state={"micro": 0, "skipped": 0, "bad_in_row": 0, "max_bad": cfg.train.max_bad_steps,
+                       "inject_nan": faults.nan_micro_steps()})
     if found:
         client = checkpoint.load(engine, *found)
-        step, tokens = client["step"], client["tokens"]
+        loop.step, loop.tokens = client["step"], client["tokens"]
         loader.load_state_dict(client["data"])
-        resumed_msg = f"resumed from {found[0] / found[1]} at step {step} ({tokens:,} tokens)"
-    tokens_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * world * cfg.data.seq_len
+        run.monitor.log(f"resumed from {found[0] / found[1]} at step {loop.step} ({loop.tokens:,} tokens)")
+    return loop
+
+
+def train(loop: Loop, preempt: Preemption, stage: int) -> dict[str, Any]:
+    """Steps until steps_total: log, evaluate, checkpoint, and stop at a step boundary when preempted."""
+    cfg, run, mon = loop.cfg, loop.run, loop.run.monitor
     peak = peak_tflops(cfg.train.precision, cfg.train.peak_tflops)
-    mon = Monitor(run_dir, rank, steps_total)
-    if resumed_msg:
-        mon.log(resumed_msg)
-    mon.log(f"gptscale pretrain: {n_params / 1e6:.2f}M params, ZeRO-{zero_stage(ds)}, {cfg.train.precision}, "
-           f"optimizer {_optimizer_name(engine)}, "
-           f"world {world}, global batch {tokens_per_step // cfg.data.seq_len} x {cfg.data.seq_len} tokens, "
-           f"{steps_total} steps -> {run_dir}")
-    state = {"micro": 0, "skipped": 0, "bad_in_row": 0, "max_bad": cfg.train.max_bad_steps,
-             "inject_nan": faults.nan_micro_steps()}
-    it = iter(loader)
-    metrics: dict[str, Any] = {}
+    progress, it, metrics = Progress(loop.steps_total, loop.step), iter(loop.loader), {}
     t_last, steps_since = time.perf_counter(), 0
-    try:
-        while step < steps_total:
-            loss = train_step(engine, it, cfg.train.grad_accum_steps, state)
-            step += 1
-            tokens += tokens_per_step
-            steps_since += 1
-            log_now = step % cfg.train.log_interval == 0 or step == steps_total
-            dt = time.perf_counter() - t_last
-            tok_s = tokens_per_step * steps_since / max(dt, 1e-9)
-            tflops = flops_tok * tok_s / world / 1e12
-            metrics = {"loss": loss, "lr": engine.get_lr()[0], "grad_norm": _grad_norm(engine), "tokens": tokens,
-                       "tokens_per_sec": tok_s, "tflops": tflops, "mfu": tflops / peak if peak else None,
-                       "loss_scale": _loss_scale(engine, cfg.train.precision), "memory_gb": memory_gb(),
-                       "skipped": state["skipped"]}
-            mon.step(step, metrics, console=log_now)
-            if log_now:
-                t_last, steps_since = time.perf_counter(), 0
-            if val is not None and (step % cfg.train.eval_interval == 0 or step == steps_total):
-                metrics["val_loss"] = evaluate(engine, val, cfg.train.eval_steps)
-                mon.eval(step, metrics["val_loss"])
-            stop = preempt.should_stop(step, device()) and step < steps_total
-            if stop or step % cfg.train.checkpoint_interval == 0 or step == steps_total:
-                checkpoint.save(engine, run_dir, cfg, step,
-                                {"step": step, "tokens": tokens, "data": loader.state_dict()}, zero_stage(ds))
-                faults.after_checkpoint(step, rank)
-            if stop:
-                mon.log(f"preempted at step {step}: checkpoint {run_dir / 'checkpoints' / checkpoint.tag_for(step)}")
-                mon.close()
-                preempt.requeue_and_exit(print0)
-        mon.log(f"done: step {step}, {tokens:,} tokens; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
-    finally:
-        preempt.restore()
-        mon.close()
-    return {"step": step, **metrics}
+    while loop.step < loop.steps_total:
+        loss = train_step(loop.engine, it, cfg.train.grad_accum_steps, loop.state)
+        loop.step, loop.tokens, steps_since = loop.step + 1, loop.tokens + loop.tokens_per_step, steps_since + 1
+        last = loop.step == loop.steps_total
+        tok_s = loop.tokens_per_step * steps_since / max(time.perf_counter() - t_last, 1e-9)
+        tflops = loop.flops_per_token * tok_s / run.world / 1e12
+        metrics = {"loss": loss, **step_stats(loop.engine, cfg.train.precision), "tokens": loop.tokens,
+                   "tokens_per_sec": tok_s, "tflops": tflops, "mfu": tflops / peak if peak else None,
+                   "memory_gb": memory_gb(), "skipped": loop.state["skipped"]}
+        mon.record(loop.step, metrics)
+        if loop.step % cfg.train.log_interval == 0 or last:
+            mon.scalars(loop.step, {tag: metrics[k] for k, tag in STEP_SCALARS.items()})
+            mon.log(step_line(loop.step, loop.steps_total, metrics, progress.eta(loop.step)))
+            t_last, steps_since = time.perf_counter(), 0
+        if loop.val is not None and (loop.step % cfg.train.eval_interval == 0 or last):
+            metrics["val_loss"] = val_loss(loop.engine, loop.val, cfg.train.eval_steps)
+            log_val(mon, loop.step, metrics["val_loss"])
+        stop = preempt.should_stop(loop.step, device()) and not last
+        if stop or loop.step % cfg.train.checkpoint_interval == 0 or last:
+            checkpoint.save(loop.engine, run.run_dir, cfg, loop.step, {"step": loop.step, "tokens": loop.tokens,
+                                                                       "data": loop.loader.state_dict()}, stage)
+            faults.after_checkpoint(loop.step, run.rank)
+        if stop:
+            mon.log(f"preempted at step {loop.step}: checkpoint "
+                    f"{run.run_dir / checkpoint.CHECKPOINTS / checkpoint.tag_for(loop.step)}")
+            run.close()
+            preempt.requeue_and_exit(print0)
+    return metrics
+
+
+def log_val(mon, step: int, loss: float) -> None:
+    ppl = math.exp(min(loss, 50.0))
+    mon.scalars(step, {"val/loss": loss, "val/ppl": ppl})
+    mon.record(step, {"val_loss": loss, "val_ppl": ppl})
+    mon.log(f"step {step} | val loss {loss:.4f} | val ppl {ppl:.2f}")
 
 
 def cli(argv: list[str]) -> int:
-    cfg, rest = load_config(argv)
-    p = argparse.ArgumentParser(prog="gptscale pretrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--resume", default="auto", help="'auto' (the run dir's latest checkpoint, if any), 'none', "
-                   "or a run/checkpoint path")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
-    args = p.parse_args(rest)
-    try:
-        main(cfg, resume=args.resume)
-    except (TrainingError, DSConfigError, ShardError, FileNotFoundError) as e:
-        print(f"gptscale pretrain: error: {e}", file=sys.stderr, flush=True)
-        return 2
-    shutdown()
-    return 0
+    def parse() -> tuple[RunConfig, str]:
+        cfg, rest = load_config(argv)
+        p = argparse.ArgumentParser(prog="gptscale pretrain", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--resume", default="auto", help="'auto' (the run dir's latest checkpoint, if any), 'none', "
+                       "or a run/checkpoint path")
+        p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
+        return cfg, p.parse_args(rest).resume
+
+    return run_entry_point("gptscale pretrain", lambda: main(*parse()))
 
 
 if __name__ == "__main__":

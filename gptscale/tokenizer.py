@@ -31,7 +31,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gptscale.data.corpus import ERRORS, CorpusError, expand_inputs, read_source
+import sentencepiece as spm
+from tqdm import tqdm
+
+from gptscale.data.corpus import ERRORS, expand_inputs, read_source
+from gptscale.errors import GptscaleError, run_cli
 from gptscale.files import atomic_write_bytes
 
 SPECIALS = {"pad": "<pad>", "eod": "<|endoftext|>", "start": "<|start|>", "delim": "<|delim|>",
@@ -47,7 +51,7 @@ HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens
 """Files hashed for a Hugging Face tokenizer folder (those present)."""
 
 
-class TokenizerError(ValueError):
+class TokenizerError(GptscaleError, ValueError):
     """A tokenizer that cannot be trained or loaded; the message names the path and the fix."""
 
 
@@ -150,14 +154,10 @@ class Tokenizer:
             meta["special_tokens"][name] = SPECIALS[name]
         return Tokenizer(self.path, meta, hf=hf)
 
-    def save_hf(self, folder: str | Path, max_length: int) -> None:
-        """Write Hugging Face tokenizer files into ``folder`` (Tokenizer.load and AutoTokenizer read them)."""
-        if self._hf is not None:
-            self._hf.save_pretrained(str(folder))
-            return
-        from gptscale.hf.export import write_sentencepiece_as_hf  # the exact HF twin of our sentencepiece model
-
-        write_sentencepiece_as_hf(Path(self.path), Path(folder), self._meta, max_length)
+    @property
+    def hf(self) -> Any:
+        """The transformers tokenizer behind a Hugging Face folder; None for a sentencepiece model."""
+        return self._hf
 
 
 def _read_meta(folder: Path) -> dict[str, Any] | None:
@@ -177,8 +177,6 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
 
 
 def _load_sentencepiece(folder: Path, meta: dict[str, Any]) -> Tokenizer:
-    import sentencepiece as spm
-
     model = folder / MODEL_FILE
     if not model.is_file():
         raise TokenizerError(f"{folder}: {META_FILE} is there but {MODEL_FILE} is missing; copy the whole folder")
@@ -203,7 +201,7 @@ def _hash_hf_folder(folder: Path) -> str:
 
 
 def _load_hf(folder: Path) -> Tokenizer:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: shard tokenizer workers load sentencepiece models only
 
     try:
         hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -256,8 +254,6 @@ def reservoir_sample(items: Iterable[str], k: int, seed: int) -> tuple[list[str]
 
 def _special_ids(model: bytes) -> dict[str, int]:
     """Id of each SPECIALS piece in a trained model (pad 0, eod 2, start 3, delim 4, extract 5)."""
-    import sentencepiece as spm
-
     sp = spm.SentencePieceProcessor(model_proto=model)
     return {name: sp.piece_to_id(piece) for name, piece in SPECIALS.items()}
 
@@ -276,8 +272,6 @@ def _canonical_model(data: bytes) -> bytes:
 
 
 def _train_spm(sentences: list[str], vocab_size: int, num_threads: int, max_sentence_length: int) -> bytes:
-    import sentencepiece as spm
-
     writer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -329,8 +323,6 @@ def train_tokenizer(inputs: list[str], out_dir: str | Path, vocab_size: int, *, 
 
 def _sample_corpus(sources: list[str], k: int, seed: int, max_len: int, **read_kw: Any) -> tuple[list[str], int]:
     """Reservoir sample of the corpus lines, with a progress bar over sources and a lines/s log line."""
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     bar = tqdm(sources, desc="tokenizer: reading", unit="source", disable=None, file=sys.stderr)
     sample, seen = reservoir_sample(corpus_lines(bar, max_len=max_len, **read_kw), k, seed)
@@ -359,13 +351,20 @@ def cli_train(argv: list[str]) -> int:
     parser.add_argument("--sample-sentences", type=int, default=2_000_000, help="lines kept for training")
     parser.add_argument("--seed", type=int, default=0, help="seed of the line sample")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="sentencepiece threads")
-    args = parser.parse_args(argv)
-    try:
-        tok = train_tokenizer(args.input, args.out, args.vocab_size, text_field=args.text_field,
-                              gutenberg=args.gutenberg, errors=args.errors, sample_sentences=args.sample_sentences,
-                              seed=args.seed, num_threads=args.threads)
-    except (CorpusError, TokenizerError) as e:
-        print(f"gptscale tokenizer train: error: {e}", file=sys.stderr)
-        return 2
+    return run_cli("gptscale tokenizer train", _train, parser.parse_args(argv))
+
+
+def _train(args: argparse.Namespace) -> None:
+    tok = train_tokenizer(args.input, args.out, args.vocab_size, text_field=args.text_field,
+                          gutenberg=args.gutenberg, errors=args.errors, sample_sentences=args.sample_sentences,
+                          seed=args.seed, num_threads=args.threads)
     print(f"wrote {tok.path}: vocab {tok.vocab_size}, sha256 {tok.hash[:16]}, specials {tok.to_json()['special_ids']}")
-    return 0
+
+
+def cli(argv: list[str]) -> int:
+    """Tokenizer tools: `gptscale tokenizer train ...`."""
+    if not argv or argv[0] != "train":
+        print("usage: gptscale tokenizer train --input FILES... --vocab-size N --out DIR  (train --help for more)",
+              file=sys.stderr)
+        return 2
+    return cli_train(argv[1:])

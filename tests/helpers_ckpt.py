@@ -24,7 +24,6 @@ Results go to ``RUN_DIR/verify_rank<r>.json``; a mismatch exits 1.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -34,10 +33,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gptscale.config import RunConfig, TrainConfig, dump_yaml, model_config
+from gptscale.config import DataConfig, RunConfig, TrainConfig, dump_yaml, model_config
 from gptscale.model import GPT
+from gptscale.runtime import checkpoint
 from gptscale.runtime.dist import init_distributed
-from gptscale.runtime.engine import build_engine, load_ds_config, zero_stage
+from gptscale.runtime.engine import build_engine, full_state_dict, load_ds_config, zero_stage
 
 SEQ = 16
 
@@ -70,15 +70,6 @@ def train_step(engine, step: int, rank: int, vocab: int, micro: int) -> float:
     return float(loss.detach())
 
 
-def gathered_params(engine) -> dict[str, torch.Tensor]:
-    """Full fp32 copies of the module's state dict (collective under ZeRO-3: every rank calls it)."""
-    import deepspeed
-
-    params = list(engine.module.parameters())
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=zero_stage(engine.config) == 3):
-        return {k: v.detach().float().clone() for k, v in engine.module.state_dict().items()}
-
-
 def build(args: argparse.Namespace, world: int, seed: int):
     cfg = model_config(args.preset, **({"vocab_size": args.vocab_size} if args.vocab_size else {}))
     train = TrainConfig(ds_config=str(REPO / args.ds_config), precision=args.precision, micro_batch_size=2,
@@ -89,26 +80,18 @@ def build(args: argparse.Namespace, world: int, seed: int):
 
 
 def save(engine, args, cfg, train, rank: int, world: int) -> tuple[Path, str]:
+    """The checkpoint as the pre-training loop writes it (gptscale.runtime.checkpoint.save) + config.yaml."""
     run = Path(args.run_dir)
-    ckpts = run / "checkpoints"
-    tag = f"step_{args.steps:08d}"
-    client = {"gptscale_step": args.steps, "universal_checkpoint_info": {}}  # as gptscale.runtime.checkpoint does
-    engine.save_checkpoint(str(ckpts), tag=tag, client_state=client, save_latest=False)
-    torch.save({"torch": torch.get_rng_state()}, ckpts / tag / f"rng_rank{rank}.pt")
+    run_cfg = RunConfig(model=cfg, train=train, data=DataConfig(tokenizer=args.tokenizer or ""))
+    client = {"gptscale_step": args.steps, "tokens": args.steps * train.micro_batch_size * world * SEQ}
+    checkpoint.save(engine, run, run_cfg, args.steps, client, zero_stage(load_ds_config(train.ds_config)))
     if rank == 0:
-        meta = {"model": dataclasses.asdict(cfg), "tokenizer": args.tokenizer, "step": args.steps,
-                "tokens": args.steps * train.micro_batch_size * world * SEQ, "world_size": world,
-                "zero_stage": zero_stage(load_ds_config(train.ds_config))}
-        (ckpts / tag / "gptscale.json").write_text(json.dumps(meta, indent=1))
-        (run / "config.yaml").write_text(dump_yaml(RunConfig(model=cfg, train=train)))
-    torch.distributed.barrier()
-    if rank == 0:
-        (ckpts / "latest").write_text(tag)
-    return ckpts, tag
+        (run / "config.yaml").write_text(dump_yaml(run_cfg))
+    return run / checkpoint.CHECKPOINTS, checkpoint.tag_for(args.steps)
 
 
 def write_expected(engine, cfg, run: Path, rank: int) -> dict[str, torch.Tensor]:
-    params = gathered_params(engine)
+    params = full_state_dict(engine)
     if rank != 0:
         return params
     plain = GPT(cfg)
@@ -134,7 +117,7 @@ def verify_load(engine, args, ckpts: Path, tag: str, rank: int, world: int, save
             refused = "ignoring the tag" in str(e)
         light.load_checkpoint(str(ckpts), tag=tag, load_optimizer_states=False, load_lr_scheduler_states=False,
                               load_module_only=True)
-        got = gathered_params(light)
+        got = full_state_dict(light)
         module_only = refused and all(torch.equal(got[k], saved[k]) for k in saved)
     _, _, fresh = build(args, world, seed=args.seed + 99)
     safe = install(fresh)
@@ -144,7 +127,7 @@ def verify_load(engine, args, ckpts: Path, tag: str, rank: int, world: int, save
     loss_a = train_step(engine, args.steps, rank, vocab, micro)
     torch.manual_seed(1234 + rank)
     loss_b = train_step(fresh, args.steps, rank, vocab, micro)
-    a, b = gathered_params(engine), gathered_params(fresh)
+    a, b = full_state_dict(engine), full_state_dict(fresh)
     files = sorted(Path(p).name for p in safe.loaded)
     return {"loaded_path": path, "client_step": client.get("gptscale_step"), "loss_a": loss_a, "loss_b": loss_b,
             "params_equal": all(torch.equal(a[k], b[k]) for k in a), "files": files,

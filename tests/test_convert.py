@@ -128,12 +128,10 @@ def test_export_refuses_to_clobber_and_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match="overwrite"):
         export_hf(ours, out)
 
-    import safetensors.torch
-
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    monkeypatch.setattr(convert, "save_file", boom)  # the weights write fails half-way through the export
     with pytest.raises(OSError, match="disk full"):
         export_hf(ours, out, overwrite=True)
     assert (out / "keep.txt").read_text() == "user file"  # the old folder survives a failed export

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptscale.hf.export import ExportError, cli_export, export_checkpoint, load_trained_model, resolve_checkpoint
+from gptscale.hf.export import ExportError, cli_export, export_checkpoint
+from gptscale.runtime.checkpoint import CheckpointError, load_model, resolve
 from gptscale.runtime.safeload import UnsafeCheckpointError, fp32_state_dict, safe_torch_load
 from gptscale.tokenizer import Tokenizer
 
@@ -185,28 +186,28 @@ def test_export_loads_in_transformers_with_trained_logits(runs, tmp_path, name, 
 def test_resolve_run_checkpoints_and_tag_dirs(runs, tmp_path):
     run = runs["z3"]
     ckpts = run / "checkpoints"
-    assert resolve_checkpoint(run) == (ckpts, TAG)
-    assert resolve_checkpoint(ckpts) == (ckpts, TAG)
-    assert resolve_checkpoint(ckpts / TAG) == (ckpts, TAG)
-    assert resolve_checkpoint(run, tag=TAG) == (ckpts, TAG)
-    model, meta = load_trained_model(ckpts / TAG)
+    assert resolve(run) == (ckpts, TAG)
+    assert resolve(ckpts) == (ckpts, TAG)
+    assert resolve(ckpts / TAG) == (ckpts, TAG)
+    assert resolve(run, tag=TAG) == (ckpts, TAG)
+    model, meta = load_model(ckpts / TAG)
     assert meta["step"] == 3 and meta["world_size"] == 2 and meta["zero_stage"] == 3 and not model.training
 
 
 def test_missing_checkpoints_are_clear_errors(runs, tmp_path):
-    with pytest.raises(ExportError, match="no such file"):
-        resolve_checkpoint(tmp_path / "nope")
-    with pytest.raises(ExportError, match=f"{tmp_path}: no checkpoint here"):
-        resolve_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="no such file"):
+        resolve(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match=f"{tmp_path}: no checkpoint here"):
+        resolve(tmp_path)
     ckpts = tmp_path / "run" / "checkpoints"
     ckpts.mkdir(parents=True)
-    with pytest.raises(ExportError, match="no 'latest' file"):
-        resolve_checkpoint(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="no 'latest' file"):
+        resolve(tmp_path / "run")
     (ckpts / "latest").write_text("step_00000099")
-    with pytest.raises(ExportError, match="step_00000099.*missing or incomplete"):
-        resolve_checkpoint(tmp_path / "run")
-    with pytest.raises(ExportError, match="--tag 'step_1'"):
-        resolve_checkpoint(runs["z2"] / "checkpoints" / TAG, tag="step_1")
+    with pytest.raises(CheckpointError, match="step_00000099.*missing or incomplete"):
+        resolve(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="--tag 'step_1'"):
+        resolve(runs["z2"] / "checkpoints" / TAG, tag="step_1")
 
 
 def test_exported_tokenizer_encodes_like_ours(runs, tmp_path, tok_dir, all_gutenberg_files, shakespeare):

@@ -112,3 +112,25 @@ def test_finetune_flags_resolve_in_order_and_unknown_ones_fail(tmp_path):
         resolve(["--lm-coef"])
     with pytest.raises(SystemExit):
         resolve(["--lm_coeff", "0.3"])
+
+
+def test_train_recipe_keys_are_refused_with_the_finetune_key_to_use(tmp_path, capsys):
+    from gptscale.config import ConfigError
+    from gptscale.finetune import cli, recipe, resolve
+
+    for flag, instead in (("--train.lr=1e-3", "finetune.lr"), ("--train.max_steps=10", "finetune.epochs"),
+                          ("--train.warmup_steps", "finetune.warmup_fraction"),
+                          ("--train.weight_decay=0", "finetune.weight_decay"), ("--train.seed=3", "finetune.seed")):
+        args = [flag, "5"] if "=" not in flag else [flag]
+        with pytest.raises(ConfigError, match=rf"{flag.split('=')[0][2:]}: fine-tuning does not read it .* set {instead}"):
+            resolve(["--task", "rte", *args])
+    f = tmp_path / "both.yaml"  # one file for both loops: its pre-training recipe is refused too
+    f.write_text("train:\n  micro_batch_size: 4\n  precision: fp32\n")
+    assert cli(["--config", str(f), "--task", "rte"]) == 2
+    assert "train.micro_batch_size: fine-tuning does not read it" in capsys.readouterr().err
+    # run-wide train keys are read, and the recipe that reaches the engine is the finetune section's
+    cfg = resolve(["--task", "rte", "--train.precision=fp32", "--train.log_interval=3", "--finetune.weight_decay=0.1",
+                   "--finetune.grad_clip=0.5", "--lr=1e-4", "--batch-size=16", "--finetune.micro_batch_size=4"])
+    t = recipe(cfg, world=2, steps=100)
+    assert (t.precision, t.log_interval, t.lr, t.weight_decay, t.grad_clip) == ("fp32", 3, 1e-4, 0.1, 0.5)
+    assert (t.micro_batch_size, t.grad_accum_steps, t.global_batch_size, t.warmup_steps) == (4, 2, 16, 1)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from gptscale.config import RunConfig, model_config
-from gptscale.finetune import load_init, reinit_after
 from gptscale.model import GPT
+from gptscale.tasks.heads import load_init, reinit_after
 from helpers import REPO, TINY, base_config, child_env, gptscale, launch
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gptscale.data.corpus import iter_documents
+from gptscale.data.manifest import ShardError
 from gptscale.data.shards import is_val, write_shards
 from gptscale.files import sha256_file
 from gptscale.tokenizer import Tokenizer
@@ -83,7 +84,7 @@ def test_killed_run_resumes_to_identical_output(tmp_path, shard_dir, shard_books
 
 
 def test_rerun_with_other_settings_is_refused(shard_dir, shard_books, tok_dir):
-    with pytest.raises(FileExistsError, match="other settings"):
+    with pytest.raises(ShardError, match="other settings"):
         write_shards([str(p) for p in shard_books], tok_dir, shard_dir, seq_len=64, progress=False)
 
 

@@ -8,10 +8,14 @@ __all__ = ["ShardError", "ShardLoader", "ShardStream", "read_manifest"]
 
 
 def __getattr__(name: str):
-    if name in ("ShardStream", "ShardLoader"):
+    if name == "ShardStream":
         from gptscale.data import stream
 
-        return getattr(stream, name)
+        return stream.ShardStream
+    if name == "ShardLoader":
+        from gptscale.data import loader
+
+        return loader.ShardLoader
     if name in ("ShardError", "read_manifest"):
         from gptscale.data import manifest
 

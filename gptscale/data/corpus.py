@@ -22,13 +22,13 @@ import glob
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
-"""File suffixes ``expand_inputs`` picks up (case-insensitive)."""
+from gptscale.errors import GptscaleError
+
 HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 """Files that make a folder a ``datasets.save_to_disk`` folder (read as one source)."""
 HF_PREFIX = "hf:"
@@ -37,7 +37,7 @@ BATCH_ROWS = 1024
 """Rows per record batch for parquet and HF datasets."""
 
 
-class CorpusError(ValueError):
+class CorpusError(GptscaleError, ValueError):
     """An input that cannot be read as a corpus; the message names the file, the place and the fix."""
 
 
@@ -63,7 +63,7 @@ def is_hf_folder(path: str | Path) -> bool:
 
 
 def _is_source_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in SUFFIXES and not path.name.startswith(".")
+    return path.is_file() and path.suffix.lower() in READERS and not path.name.startswith(".")
 
 
 def _walk_dir(root: Path) -> Iterator[Path]:
@@ -103,10 +103,10 @@ def _expand_one(item: str) -> list[str]:
             found.append(str(p))
         elif not has_magic:
             raise CorpusError(f"input {item!r}: unsupported file type {p.suffix or '(none)'!r}; "
-                              f"supported: {', '.join(SUFFIXES)}, a datasets save_to_disk folder, or 'hf:NAME'")
+                              f"supported: {', '.join(READERS)}, a datasets save_to_disk folder, or 'hf:NAME'")
     if not found:
         what = "pattern matched no" if has_magic else "directory holds no"
-        raise CorpusError(f"input {item!r}: {what} {'/'.join(SUFFIXES)} files or datasets folders; "
+        raise CorpusError(f"input {item!r}: {what} {'/'.join(READERS)} files or datasets folders; "
                           f"fix the path or pattern")
     return found
 
@@ -196,7 +196,7 @@ def decode_bytes(data: bytes, source: str, *, errors: str, base_offset: int = 0,
 # ------------------------------------------------------------------------------------------- readers
 
 
-def _read_txt(path: str, errors: str) -> Iterator[str]:
+def _read_txt(path: str, text_field: str, errors: str) -> Iterator[str]:
     yield decode_bytes(Path(path).read_bytes(), path, errors=errors)
 
 
@@ -252,7 +252,7 @@ def _column_values(column: Any, path: str, first_row: int, errors: str) -> Itera
 
 
 def _read_parquet(path: str, text_field: str, errors: str) -> Iterator[str]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # lazy: tokenizer workers reading .txt need not load parquet
 
     with pq.ParquetFile(path) as pf:
         names = pf.schema_arrow.names
@@ -277,7 +277,7 @@ def _iter_hf_dataset(ds: Any, name: str, text_field: str, errors: str) -> Iterat
 
 
 def _read_hf_folder(path: str, text_field: str, errors: str) -> Iterator[str]:
-    import datasets
+    import datasets  # lazy: ~2 s to import, only for datasets folders and hf: specs
 
     loaded = datasets.load_from_disk(path)
     if isinstance(loaded, datasets.DatasetDict):  # every split, in the order save_to_disk wrote them
@@ -288,7 +288,7 @@ def _read_hf_folder(path: str, text_field: str, errors: str) -> Iterator[str]:
 
 
 def _read_hf_spec(spec: str, text_field: str, errors: str) -> Iterator[str]:
-    import datasets
+    import datasets  # lazy, as above
 
     name, config, split = parse_hf_spec(spec)
     try:
@@ -316,6 +316,12 @@ def read_source(source: str, *, text_field: str = "text", gutenberg: bool = Fals
         yield Document(source=str(source), index=index, text=clean_text(text, gutenberg=gutenberg))
 
 
+READERS: dict[str, Callable[[str, str, str], Iterator[str]]] = {
+    ".txt": _read_txt, ".jsonl": _read_jsonl, ".json": _read_jsonl, ".parquet": _read_parquet}
+"""File suffix -> reader(path, text_field, errors) of its texts. A new corpus format is one reader and one
+entry here (expand_inputs picks up every suffix listed)."""
+
+
 def _raw_texts(source: str, text_field: str, errors: str) -> Iterable[str]:
     """Dispatch on the kind of source."""
     if source.startswith(HF_PREFIX):
@@ -325,14 +331,10 @@ def _raw_texts(source: str, text_field: str, errors: str) -> Iterable[str]:
         return _read_hf_folder(source, text_field, errors)
     if not path.is_file():
         raise CorpusError(f"{source}: no such file (or not a datasets save_to_disk folder)")
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        return _read_txt(source, errors)
-    if suffix in (".jsonl", ".json"):
-        return _read_jsonl(source, text_field, errors)
-    if suffix == ".parquet":
-        return _read_parquet(source, text_field, errors)
-    raise CorpusError(f"{source}: unsupported file type {suffix or '(none)'!r}; supported: {', '.join(SUFFIXES)}")
+    reader = READERS.get(path.suffix.lower())
+    if reader is not None:
+        return reader(source, text_field, errors)
+    raise CorpusError(f"{source}: unsupported file type {path.suffix or '(none)'!r}; supported: {', '.join(READERS)}")
 
 
 def iter_documents(inputs: list[str], **kw: Any) -> Iterator[Document]:

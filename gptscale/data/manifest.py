@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from gptscale.errors import GptscaleError
+
 FORMAT = "gptscale-shards"
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
 
-class ShardError(RuntimeError):
+class ShardError(GptscaleError, RuntimeError):
     """A shard set that cannot be used as is: names the file and what to do."""
 
 

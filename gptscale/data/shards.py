@@ -13,7 +13,9 @@ every shard, so a killed run, rerun with the same arguments, resumes after the l
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import io
 import json
 import os
 import struct
@@ -25,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
 
-from gptscale.data.manifest import FORMAT, VERSION
+from gptscale.data.corpus import expand_inputs, iter_documents
+from gptscale.data.manifest import FORMAT, VERSION, ShardError
 from gptscale.files import atomic_write_bytes, atomic_write_json, sha256_file
 from gptscale.runtime import faults
 from gptscale.tokenizer import Tokenizer
@@ -158,8 +162,6 @@ def write_shards(
     text_field: str = "text", gutenberg: bool = False, errors: str = "strict", progress: bool = True,
 ) -> dict:
     """Tokenize and pack a corpus into `out_dir`; returns the manifest. Resumes a killed run."""
-    from gptscale.data.corpus import expand_inputs, iter_documents
-
     tok = Tokenizer.load(tokenizer_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,17 +173,9 @@ def write_shards(
         existing = json.loads((out / "manifest.json").read_text())
         if existing.get("spec") == vars(spec):
             return existing  # already complete
-        raise FileExistsError(f"{out} already holds shards made with other settings; choose another --out")
-    state = _load_journal(out, spec)
+        raise ShardError(f"{out} already holds shards made with other settings; choose another --out")
     packers = {s: Packer(s, out, seq_len, rows_per_shard, dtype) for s in ("train", "val")}
-    stats = {"documents": 0, "empty": 0, "per_source": {}}
-    if state:
-        stats = state["stats"]
-        for s, p in packers.items():
-            p.shards = state["shards"][s]
-            p.pending = [state["pending"][s]]
-            p.n_pending = len(p.pending[0])
-
+    stats = _restore(_load_journal(out, spec), packers)
     docs = iter_documents(sources, text_field=text_field, gutenberg=gutenberg, errors=errors)
     batches = _doc_batches(docs, skip=stats["documents"] + stats["empty"])
     n_workers = workers if workers > 0 else max(1, (os.cpu_count() or 1))
@@ -192,15 +186,8 @@ def write_shards(
     try:
         for batch_docs, ids in _encoded(batches, pool, window=4 * n_workers):
             for doc, tokens in zip(batch_docs, ids):
-                src = stats["per_source"].setdefault(doc.source, {"documents": 0, "empty": 0})
-                if len(tokens) == 0 or not doc.text.strip():
-                    stats["empty"] += 1
-                    src["empty"] += 1
-                    continue
-                stats["documents"] += 1
-                src["documents"] += 1
-                split = "val" if is_val(seed, doc.text, val_fraction) else "train"
-                if packers[split].add(np.append(tokens, tok.eod_id)):
+                split = _count(stats, doc, tokens, seed, val_fraction)
+                if split and packers[split].add(np.append(tokens, tok.eod_id)):
                     _save_journal(out, spec, stats, packers)
             if bar is not None:
                 bar.update(sum(len(t) + 1 for t in ids))
@@ -215,6 +202,29 @@ def write_shards(
     for name in (".progress.json", ".progress.npz"):
         (out / name).unlink(missing_ok=True)
     return manifest
+
+
+def _restore(state: dict | None, packers: dict[str, Packer]) -> dict:
+    """The journal's document counts, its shards and pending rows put back into the packers (a resumed run)."""
+    if not state:
+        return {"documents": 0, "empty": 0, "per_source": {}}
+    for s, p in packers.items():
+        p.shards = state["shards"][s]
+        p.pending = [state["pending"][s]]
+        p.n_pending = len(p.pending[0])
+    return state["stats"]
+
+
+def _count(stats: dict, doc, tokens: np.ndarray, seed: int, val_fraction: float) -> str | None:
+    """Count a document in `stats`; its split ('train' / 'val'), or None when it is empty (skipped)."""
+    src = stats["per_source"].setdefault(doc.source, {"documents": 0, "empty": 0})
+    if len(tokens) == 0 or not doc.text.strip():
+        stats["empty"] += 1
+        src["empty"] += 1
+        return None
+    stats["documents"] += 1
+    src["documents"] += 1
+    return "val" if is_val(seed, doc.text, val_fraction) else "train"
 
 
 def _encoded(batches: Iterator[list], pool, window: int) -> Iterator[tuple[list, list[np.ndarray]]]:
@@ -237,8 +247,6 @@ def _encoded(batches: Iterator[list], pool, window: int) -> Iterator[tuple[list,
 def _progress(enabled: bool):
     if not enabled:
         return None
-    from tqdm import tqdm
-
     return tqdm(unit="tok", unit_scale=True, desc="shard", smoothing=0.1, mininterval=1.0)
 
 
@@ -261,8 +269,6 @@ def _manifest(spec: ShardSpec, tok: Tokenizer, stats: dict, packers: dict, dropp
 
 
 def _save_journal(out: Path, spec: ShardSpec, stats: dict, packers: dict) -> None:
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **{s: np.concatenate(p.pending) if p.pending else np.zeros(0, p.dtype) for s, p in packers.items()})
     atomic_write_bytes(out / ".progress.npz", buf.getvalue())
@@ -290,8 +296,6 @@ def _load_journal(out: Path, spec: ShardSpec) -> dict | None:
 
 def cli_shard(argv: list[str]) -> int:
     """`gptscale shard`: tokenize a corpus into packed Arrow shards + manifest.json."""
-    import argparse
-
     p = argparse.ArgumentParser(prog="gptscale shard", description=cli_shard.__doc__)
     p.add_argument("--input", nargs="+", required=True, help="files, globs or folders (.txt .jsonl .parquet), "
                    "a datasets save_to_disk folder, or hf:NAME[:CONFIG][:SPLIT]")

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from gptscale.data.manifest import ShardError, read_manifest
 from gptscale.files import sha256_file
@@ -380,35 +380,3 @@ def _dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-class ShardLoader:
-    """A torch DataLoader over a ShardStream that keeps the stream's state in the main process.
-
-    With worker processes the stream's copies live in the workers; this loader counts the batches it
-    hands out, so ``state_dict()`` is exact whatever ``num_workers`` is.
-    """
-
-    def __init__(self, stream: ShardStream, num_workers: int = 0, prefetch_factor: int = 2, pin_memory: bool = False):
-        self.stream, self.num_workers = stream, num_workers
-        self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
-
-    def __iter__(self):
-        stream = self.stream
-        stream._start, stream._steps = stream.position, 0
-        # Its own generator: a DataLoader iterator otherwise draws from the global torch RNG, which would
-        # shift dropout masks after a resume (the iterator is created at a different point of the run).
-        dl = DataLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                        prefetch_factor=self.prefetch_factor if self.num_workers else None,
-                        multiprocessing_context="fork" if self.num_workers else None,
-                        generator=torch.Generator().manual_seed(0))
-        start = stream._start
-        for k, batch in enumerate(dl):
-            stream._start, stream._steps = start, k + 1
-            yield batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.stream.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.stream.load_state_dict(state)

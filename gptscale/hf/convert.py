@@ -11,10 +11,12 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, OpenAIGPTConfig, OpenAIGPTLMHeadModel
 
 from gptscale.config import ModelConfig, from_dict
 from gptscale.files import atomic_dir
-from gptscale.model import GPT
+from gptscale.model import GPT, ModelLoadError, load_state
 
 # ours -> HF, outside the blocks, per HF family
 TOP_KEYS: dict[str, dict[str, str]] = {
@@ -77,8 +79,6 @@ def _transposed(key: str) -> bool:
 
 def hf_config(cfg: ModelConfig, **extra):
     """The transformers config equivalent to ours (raises where HF cannot express it)."""
-    from transformers import GPT2Config, OpenAIGPTConfig
-
     common = dict(
         vocab_size=cfg.vocab_size, n_positions=cfg.n_ctx, n_embd=cfg.d_model, n_layer=cfg.n_layer,
         n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
@@ -172,24 +172,8 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> d
     return out
 
 
-def load_state(model: GPT, state: dict[str, torch.Tensor], source: str) -> None:
-    """load_state_dict with shape errors that name the source and key."""
-    own = model.state_dict()
-    bad = [f"{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
-           if k in own and own[k].shape != v.shape]
-    if bad:
-        raise ValueError(f"{source}: shape mismatch: " + "; ".join(bad[:6]))
-    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or extra:
-        raise ValueError(f"{source}: weights do not match the model: missing {missing[:6]}, unexpected "
-                         f"{extra[:6]}; is it a complete OpenAI-GPT / GPT-2 checkpoint?")
-    model.load_state_dict(state, strict=True)
-
-
 def to_hf_model(model: GPT):
     """A transformers LMHeadModel with our model's weights (for tests and in-process use)."""
-    from transformers import GPT2LMHeadModel, OpenAIGPTLMHeadModel
-
     cls = OpenAIGPTLMHeadModel if hf_family(model.cfg) == "openai-gpt" else GPT2LMHeadModel
     hf = cls(hf_config(model.cfg))
     hf.load_state_dict(to_hf_state_dict(model.state_dict(), model.cfg), strict=not model.cfg.tie_embeddings)
@@ -218,8 +202,6 @@ def export_hf(model: GPT, out_dir: str | Path, overwrite: bool = False) -> Path:
 
 def write_hf(model: GPT, folder: Path) -> None:
     """config.json + model.safetensors of `model` into an existing folder."""
-    from safetensors.torch import save_file
-
     hc = hf_config(model.cfg, architectures=[
         "OpenAIGPTLMHeadModel" if hf_family(model.cfg) == "openai-gpt" else "GPT2LMHeadModel"])
     hc.save_pretrained(folder)
@@ -229,8 +211,6 @@ def write_hf(model: GPT, folder: Path) -> None:
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     """Tensors of an HF folder: single or sharded safetensors, else pytorch_model.bin (weights only)."""
-    from safetensors.torch import load_file
-
     for index_name, loader in (("model.safetensors.index.json", load_file),
                                ("pytorch_model.bin.index.json", _torch_load)):
         index = folder / index_name
@@ -259,13 +239,13 @@ def load_hf(folder: str | Path) -> GPT:
     try:
         cfg = config_from_hf(json.loads(cfg_file.read_text()))
     except (ValueError, KeyError) as e:
-        raise ValueError(f"{cfg_file}: {e}") from None
+        raise ModelLoadError(f"{cfg_file}: {e}") from None
     state = _read_weights(folder)
     model = GPT(cfg)
     try:
         ours = from_hf_state_dict(state, cfg)
     except KeyError as e:
-        raise ValueError(f"{folder}: {e.args[0]}") from None
+        raise ModelLoadError(f"{folder}: {e.args[0]}") from None
     load_state(model, ours, str(folder))
     return model
 
@@ -274,8 +254,6 @@ def load_hf(folder: str | Path) -> GPT:
 def check_hf_folder(model: GPT, folder: str | Path, seq_len: int = 32, new_tokens: int = 16, seed: int = 0) -> dict:
     """Load an exported folder with transformers.AutoModelForCausalLM and compare it with our model:
     max-abs logit difference (fp32, eval) and equality of greedy generate() tokens."""
-    from transformers import AutoModelForCausalLM
-
     hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     hf.generation_config.eos_token_id = None  # compare all new_tokens, like ours (no early stop)
     model = model.eval()

@@ -8,14 +8,18 @@ silently ignore, is an error naming the file and key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import deepspeed
 import torch
 
 from gptscale.config import TrainConfig
+from gptscale.errors import GptscaleError
 
 # Keys the run config owns -> the run-config key to use instead.
 RUN_CONFIG_KEYS = {
@@ -30,7 +34,7 @@ RUN_CONFIG_KEYS = {
 }
 
 
-class DSConfigError(ValueError):
+class DSConfigError(GptscaleError, ValueError):
     """A ds_configs file that cannot be used as written."""
 
 
@@ -136,22 +140,33 @@ def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float, schedule
     return min_ratio + 0.5 * (1.0 - min_ratio) * (1.0 + math.cos(math.pi * progress))
 
 
+def _adamw(groups: list[dict[str, Any]], train: TrainConfig) -> torch.optim.Optimizer:
+    """torch AdamW (fused on CUDA): no DeepSpeed op compile, bit-exact resume at every ZeRO stage."""
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps,
+                             weight_decay=train.weight_decay, fused=torch.cuda.is_available() or None)
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], TrainConfig], torch.optim.Optimizer]] = {"adamw": _adamw}
+"""train.optimizer name -> factory(param groups, train config). A new optimizer is one entry here."""
+
+
+def make_optimizer(groups: list[dict[str, Any]], train: TrainConfig) -> torch.optim.Optimizer:
+    if train.optimizer not in OPTIMIZERS:
+        raise DSConfigError(f"train.optimizer={train.optimizer!r}: unknown; choose from {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[train.optimizer](groups, train)
+
+
 def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, total_steps: int,
                  load_universal: bool = False):
     """deepspeed.initialize with the run config filled into the ds_configs file; returns the engine.
     load_universal: the checkpoint to load was converted to DeepSpeed's universal format (elastic resume)."""
-    import deepspeed
-
     ds = build_ds_config(load_ds_config(train.ds_config), train, world_size)
     if load_universal:
         ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     if train.compile:
         model.compile()  # in place: parameter names and state_dict keys stay as they are
     groups = param_groups(model, train.weight_decay)
-    optimizer = None
-    if "optimizer" not in ds:  # our own torch AdamW: no op compile, bit-exact resume at every stage
-        optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps,
-                                      weight_decay=train.weight_decay, fused=torch.cuda.is_available() or None)
+    optimizer = None if "optimizer" in ds else make_optimizer(groups, train)
     min_ratio = train.min_lr / train.lr if train.lr > 0 else 0.0
 
     def scheduler(opt):
@@ -168,8 +183,35 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
     rank must call it: the partitioned parameters are gathered); a plain copy at stages 0-2."""
     module = engine.module
     if engine.zero_optimization_stage() == 3:
-        import deepspeed
-
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
     return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+
+
+@contextlib.contextmanager
+def evaluating(engine) -> Iterator[None]:
+    """Eval mode and no autograd for the block, train mode after (both loops' evaluations)."""
+    engine.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        engine.train()
+
+
+def optimizer_name(engine) -> str:
+    """The innermost optimizer class (e.g. AdamW, DeepSpeedCPUAdam) under DeepSpeed's ZeRO wrappers."""
+    opt = engine.optimizer
+    while hasattr(opt, "optimizer") and opt.optimizer is not opt:
+        opt = opt.optimizer
+    return type(opt).__name__
+
+
+def step_stats(engine, precision: str) -> dict[str, float | None]:
+    """lr, global gradient norm and (fp16) loss scale after the latest optimizer step."""
+    g = engine.get_global_grad_norm()
+    scale = None
+    if precision == "fp16":
+        opt = engine.optimizer
+        scale = float(getattr(opt, "cur_scale", getattr(opt, "loss_scale", float("nan"))))
+    return {"lr": engine.get_lr()[0], "grad_norm": None if g is None else float(g), "loss_scale": scale}

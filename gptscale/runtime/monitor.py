@@ -1,20 +1,28 @@
-"""Run monitoring: one console line per log interval, TensorBoard scalars, metrics.jsonl, MFU.
+"""Run monitoring for both training loops: a Monitor that fans out to small pluggable sinks, rate/ETA, MFU.
 
-Rank 0 writes everything; other ranks construct a Monitor that does nothing. Named `monitor` (not
-`logging`) so that `deepspeed gptscale/pretrain.py`, which puts gptscale/ on sys.path, cannot shadow the
-standard library's logging module.
+    mon = Monitor(run_dir, rank, sinks=("console", "jsonl", "tensorboard"))    # train.trackers
+    mon.log("a console line")                      # console (stdout + RUN_DIR/train.log)
+    mon.record(step, {"loss": 2.3, "lr": 1e-4})    # jsonl (RUN_DIR/metrics.jsonl)
+    mon.scalars(step, {"train/loss": 2.3})         # tensorboard (RUN_DIR/tb/)
+
+A sink is a class in SINKS with any of ``text``, ``record``, ``scalars``, ``close``: a new tracker (W&B,
+MLflow, ...) is one class and one SINKS entry here, selected with ``--train.trackers=console,jsonl,NAME``.
+Rank 0 writes everything; other ranks' Monitors do nothing. Named `monitor` (not `logging`) so that
+`deepspeed gptscale/pretrain.py`, which puts gptscale/ on sys.path, cannot shadow the standard library's
+logging module.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 # Dense peak TFLOP/s per device for the MFU denominator (bf16/fp16 tensor cores; fp32 uses the TF32 figure).
 PEAK_TFLOPS = {
@@ -44,86 +52,137 @@ def memory_gb() -> float:
     """CUDA max allocated (GB) on GPU, else this process's resident set size (GB)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
-    import psutil
-
     return psutil.Process(os.getpid()).memory_info().rss / 2**30
 
 
-class Monitor:
-    """Console line + TensorBoard + metrics.jsonl on rank 0; a no-op elsewhere."""
+class Sink:
+    """One destination of a run's records; each method is a no-op unless the sink overrides it."""
 
-    def __init__(self, run_dir: Path, rank: int, total_steps: int):
-        self.enabled = rank == 0
-        self.total_steps = total_steps
-        self.tb = None
-        self.t_start = time.perf_counter()
-        if self.enabled:
-            from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
 
-            self.tb = SummaryWriter(str(run_dir / "tb"))
-            self.jsonl = open(run_dir / "metrics.jsonl", "a")
-            self.logfile = open(run_dir / "train.log", "a")
+    def text(self, line: str) -> None:
+        """A human-readable line."""
 
-    def log(self, msg: str) -> None:
-        """A console line on rank 0, also appended to RUN_DIR/train.log."""
-        if self.enabled:
-            print(msg, flush=True)
-            self.logfile.write(msg + "\n")
-            self.logfile.flush()
+    def record(self, step: int, values: dict[str, Any]) -> None:
+        """One structured record (every value, None included)."""
 
-    def step(self, step: int, metrics: dict[str, Any], console: bool) -> None:
-        """Record one optimizer step (metrics.jsonl always; TensorBoard + console when `console`)."""
-        if not self.enabled:
-            return
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.jsonl.flush()
-        if not console:
-            return
-        for key, tag in (("loss", "train/loss"), ("lr", "lr"), ("grad_norm", "grad_norm"),
-                         ("tokens_per_sec", "tokens_per_sec"), ("tflops", "tflops"), ("mfu", "mfu"),
-                         ("loss_scale", "loss_scale"), ("memory_gb", "memory_gb"), ("skipped", "train/skipped_steps")):
-            if metrics.get(key) is not None:
-                self.tb.add_scalar(tag, metrics[key], step)
-        self.tb.flush()
-        elapsed = time.perf_counter() - self.t_start
-        eta = elapsed / max(step, 1) * (self.total_steps - step)
-        parts = [f"step {step}/{self.total_steps}", f"loss {metrics['loss']:.4f}", f"lr {metrics['lr']:.3e}"]
-        if metrics.get("grad_norm") is not None:
-            parts.append(f"gnorm {metrics['grad_norm']:.3f}")
-        parts.append(f"{metrics['tokens_per_sec']:,.0f} tok/s")
-        if metrics.get("tflops") is not None:
-            parts.append(f"{metrics['tflops']:.3g} TFLOP/s")
-        if metrics.get("mfu") is not None:
-            parts.append(f"MFU {100 * metrics['mfu']:.1f}%")
-        if metrics.get("loss_scale") is not None:
-            parts.append(f"scale {metrics['loss_scale']:g}")
-        parts.append(f"mem {metrics['memory_gb']:.2f} GB")
-        if metrics.get("skipped"):
-            parts.append(f"skipped {metrics['skipped']}")
-        parts.append(f"eta {_fmt_time(eta)}")
-        self.log(" | ".join(parts))
-
-    def eval(self, step: int, loss: float) -> None:
-        if not self.enabled:
-            return
-        ppl = math.exp(min(loss, 50.0))
-        self.tb.add_scalar("val/loss", loss, step)
-        self.tb.add_scalar("val/ppl", ppl, step)
-        self.tb.flush()
-        self.jsonl.write(json.dumps({"step": step, "val_loss": loss, "val_ppl": ppl}) + "\n")
-        self.jsonl.flush()
-        self.log(f"step {step} | val loss {loss:.4f} | val ppl {ppl:.2f}")
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Named scalar series (tags such as 'train/loss'), to plot."""
 
     def close(self) -> None:
-        """Flush and close the files (idempotent; later calls log nothing)."""
-        if self.enabled:
-            self.tb.close()
-            self.jsonl.close()
-            self.logfile.close()
-            self.enabled = False
+        """Flush and close."""
 
 
-def _fmt_time(seconds: float) -> str:
+class FileSink(Sink):
+    """A sink that appends lines to one file of the run folder (a resumed run continues it)."""
+
+    filename = ""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir)
+        self.file = open(run_dir / self.filename, "a")
+
+    def write(self, line: str) -> None:
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ConsoleSink(FileSink):
+    """Lines on stdout (flushed: one line per step reads well in Slurm output files) and in RUN_DIR/train.log."""
+
+    filename = "train.log"
+
+    def text(self, line: str) -> None:
+        print(line, flush=True)
+        self.write(line)
+
+
+class JsonlSink(FileSink):
+    """RUN_DIR/metrics.jsonl: one JSON object per record."""
+
+    filename = "metrics.jsonl"
+
+    def record(self, step: int, values: dict[str, Any]) -> None:
+        self.write(json.dumps({"step": step, **values}))
+
+
+class TensorBoardSink(Sink):
+    """RUN_DIR/tb/: TensorBoard event files (`tensorboard --logdir RUN_DIR/tb`)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir)
+        self.writer = SummaryWriter(str(run_dir / "tb"))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+SINKS: dict[str, type[Sink]] = {"console": ConsoleSink, "jsonl": JsonlSink, "tensorboard": TensorBoardSink}
+"""Tracker name (train.trackers) -> its sink."""
+
+
+def sink_names(spec: str) -> list[str]:
+    """'console,jsonl' -> ['console', 'jsonl'], each checked against SINKS (ValueError naming the unknown)."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SINKS]
+    if unknown:
+        raise ValueError(f"unknown tracker(s) {unknown}; choose from {', '.join(SINKS)}")
+    return names
+
+
+class Monitor:
+    """Fans each call out to the run's sinks on rank 0; a no-op elsewhere (and after close)."""
+
+    def __init__(self, run_dir: Path, rank: int, sinks: list[str] | tuple[str, ...] = tuple(SINKS)):
+        self.sinks: list[Sink] = [SINKS[name](Path(run_dir)) for name in sinks] if rank == 0 else []
+
+    def log(self, line: str) -> None:
+        for s in self.sinks:
+            s.text(line)
+
+    def record(self, step: int, values: dict[str, Any]) -> None:
+        for s in self.sinks:
+            s.record(step, values)
+
+    def scalars(self, step: int, values: dict[str, float | None]) -> None:
+        """Scalar series; None values (a metric this device has not got, e.g. MFU on CPU) are left out."""
+        values = {k: float(v) for k, v in values.items() if v is not None}
+        for s in self.sinks:
+            s.scalars(step, values)
+
+    def close(self) -> None:
+        """Flush and close every sink (idempotent)."""
+        for s in self.sinks:
+            s.close()
+        self.sinks = []
+
+
+class Progress:
+    """Rate and ETA of `total` units of work, counted from `done` at construction (a resumed run's first step)."""
+
+    def __init__(self, total: int, done: int = 0) -> None:
+        self.total, self.start, self.t0 = total, done, time.perf_counter()
+
+    def rate(self, done: int) -> float:
+        """Units per second since construction."""
+        return (done - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+
+    def eta(self, done: int) -> str:
+        """Time left at the rate so far, e.g. '3m05s' or '2h10m'."""
+        rate = self.rate(done)
+        return fmt_time((self.total - done) / rate if rate > 0 else 0.0)
+
+
+def fmt_time(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)

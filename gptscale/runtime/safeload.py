@@ -39,6 +39,9 @@ from typing import Any
 
 import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+from gptscale.errors import GptscaleError
 
 ALLOWED: tuple[str, ...] = (
     "collections.OrderedDict",                               # module / param_shapes dicts
@@ -53,7 +56,7 @@ ALLOWED: tuple[str, ...] = (
 _TORCH_LOAD = torch.serialization.load  # the real loader, whatever torch.load is bound to inside safe_loading()
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(GptscaleError, pickle.UnpicklingError):
     """A checkpoint file that needs a class outside the allowlist (or is not a torch checkpoint at all)."""
 
 
@@ -220,19 +223,7 @@ def safe_loading() -> Iterator[None]:
 # --------------------------------------------------------------------------------- consolidated weights
 
 
-def read_latest(checkpoint_dir: str | Path) -> str:
-    """The tag in ``checkpoint_dir/latest`` (error naming the file when it is missing or empty)."""
-    latest = Path(checkpoint_dir) / "latest"
-    if not latest.is_file():
-        raise FileNotFoundError(f"{latest}: no such file; pass a tag, or point at a checkpoints folder with a "
-                                f"'latest' file")
-    tag = latest.read_text().strip()
-    if not tag:
-        raise ValueError(f"{latest} is empty: the run wrote no complete checkpoint")
-    return tag
-
-
-def fp32_state_dict(checkpoint_dir: str | Path, tag: str | None = None) -> dict[str, torch.Tensor]:
+def fp32_state_dict(checkpoint_dir: str | Path, tag: str) -> dict[str, torch.Tensor]:
     """Consolidated fp32 weights of a DeepSpeed checkpoint of any ZeRO stage, in a plain process.
 
     ZeRO 1-3: DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint`` (run inside safe_loading(), its
@@ -243,7 +234,6 @@ def fp32_state_dict(checkpoint_dir: str | Path, tag: str | None = None) -> dict[
     both names.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    tag = tag or read_latest(checkpoint_dir)
     tag_dir = checkpoint_dir / tag
     if not tag_dir.is_dir():
         raise FileNotFoundError(f"{tag_dir}: no such checkpoint folder")
@@ -258,8 +248,6 @@ def fp32_state_dict(checkpoint_dir: str | Path, tag: str | None = None) -> dict[
     if not shards:
         raise FileNotFoundError(f"{tag_dir}: ZeRO-{stage} checkpoint without its *_optim_states.pt shards; the "
                                 f"checkpoint is incomplete")
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     with safe_loading(), contextlib.redirect_stdout(sys.stderr):
         sd = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
     for alias, target in (states.get("shared_params") or {}).items():

@@ -6,15 +6,32 @@
 S is 1 for classification/entailment/regression, 2 for similarity (both orderings; their extract states
 are added before the linear layer), k for multiple choice (one score per choice, softmax over choices).
 lm_loss is the auxiliary language-modelling loss L1 over real tokens (padding masked out).
+
+The GPT under the head comes from `load_init` (finetune.init: a pre-training run or checkpoint, an export or
+HF folder, or none), with GPT-1's task tokens added to a foreign vocabulary (`new_rows`) and optionally only
+the first k blocks kept (`reinit_after`, paper Fig. 2 left).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gptscale.config import RunConfig
+from gptscale.errors import GptscaleError
+from gptscale.hf.convert import load_hf
 from gptscale.model import GPT
+from gptscale.runtime.checkpoint import load_model
+from gptscale.tokenizer import Tokenizer
+
+
+class InitError(GptscaleError, ValueError):
+    """A fine-tuning init (model or tokenizer) that cannot be used; the message says what to pass."""
 
 
 class TaskModel(nn.Module):
@@ -62,3 +79,59 @@ def predictions(kind: str, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     probs = logits.float().softmax(-1)
     conf, pred = probs.max(-1)
     return pred, conf
+
+
+# ------------------------------------------------------------------------------------ initialisation
+
+
+def load_init(cfg: RunConfig) -> tuple[GPT, Any]:
+    """(pre-trained GPT, tokenizer) from finetune.init: a run/checkpoint, an export or HF folder, or 'none'.
+    A foreign vocabulary without GPT-1's task tokens (e.g. GPT-2's) gets them as new ids, N(0, 0.02) rows."""
+    init = cfg.finetune.init
+    if init in ("", "none"):
+        if not cfg.data.tokenizer:
+            raise InitError("--init none needs a tokenizer: pass --data.tokenizer=<tokenizer folder>")
+        tok = Tokenizer.load(cfg.data.tokenizer)
+        return GPT(dataclasses.replace(cfg.model, vocab_size=max(cfg.model.vocab_size, tok.vocab_size))), tok
+    p = Path(init)
+    if (p / "config.json").is_file():  # an export or any compatible HF folder
+        model, tok = load_hf(p), Tokenizer.load(cfg.data.tokenizer or p)
+    else:
+        model, meta = load_model(p)
+        tok_dir = cfg.data.tokenizer or meta.get("tokenizer")
+        if not tok_dir:
+            raise InitError(f"{init}: the checkpoint records no tokenizer; pass --data.tokenizer=<folder>")
+        tok = Tokenizer.load(tok_dir)
+    missing = tok.missing_task_specials()
+    if missing:
+        tok = tok.with_task_specials()
+        new_rows(model, [getattr(tok, f"{name}_id") for name in missing], tok.vocab_size)
+    return model, tok
+
+
+def new_rows(gpt: GPT, ids: list[int], vocab: int, std: float = 0.02) -> None:
+    """Give token ids new embedding rows ~ N(0, std) (the paper's added delimiter tokens), growing the
+    vocabulary to `vocab` when they lie past its end; a tied LM head follows the embedding."""
+    C, V = gpt.cfg.d_model, gpt.cfg.vocab_size
+    with torch.no_grad():
+        if vocab > V:
+            wte = torch.nn.Embedding(vocab, C)
+            wte.weight[:V] = gpt.wte.weight
+            gpt.wte = wte
+            head = torch.nn.Linear(C, vocab, bias=False)
+            if gpt.cfg.tie_embeddings:
+                head.weight = gpt.wte.weight
+            else:
+                head.weight[:V] = gpt.lm_head.weight
+                head.weight[V:].normal_(0.0, std)
+            gpt.lm_head = head
+            gpt.cfg = dataclasses.replace(gpt.cfg, vocab_size=vocab)
+        for i in ids:
+            gpt.wte.weight[i].normal_(0.0, std)
+
+
+def reinit_after(model: GPT, k: int) -> None:
+    """Keep only the first k pre-trained blocks (paper Fig. 2 left); later blocks start from init."""
+    fresh = GPT(model.cfg)
+    for i in range(k, model.cfg.n_layer):
+        model.h[i].load_state_dict(fresh.h[i].state_dict())
