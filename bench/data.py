@@ -29,6 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+# gptscale, torch, pyarrow and sentencepiece are imported inside the functions that use them, on purpose: the
+# writer's spawn workers re-import this script (as __mp_main__) and would each pay for them inside the timed
+# writer run, and the RSS probe's baseline ("after imports") must hold only what the loader loads, in its order
+# (pyarrow or gptscale.data.manifest imported up here adds 1.2 MB to it).
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -39,6 +44,13 @@ def rss_anon_mb() -> float:
     return float("nan")
 
 
+def manifest(shards: Path) -> dict:
+    """The shard set's manifest.json, read and checked by gptscale."""
+    from gptscale.data.manifest import read_manifest  # lazy: see the imports
+
+    return read_manifest(shards)[0]
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -46,7 +58,7 @@ def timed(fn):
 
 
 def bench_writer(books: list[str], tok_dir: Path, out: Path, seq_len: int) -> tuple[float, dict]:
-    from gptscale.data.shards import write_shards
+    from gptscale.data.shards import write_shards  # lazy: see the imports
 
     shutil.rmtree(out, ignore_errors=True)
     m, dt = timed(lambda: write_shards(books, tok_dir, out, seq_len=seq_len, gutenberg=True, shard_size_mb=8,
@@ -56,7 +68,7 @@ def bench_writer(books: list[str], tok_dir: Path, out: Path, seq_len: int) -> tu
 
 
 def bench_sp(books: list[str], tok_dir: Path) -> float:
-    import sentencepiece as spm
+    import sentencepiece as spm  # lazy, like the next: see the imports
 
     from gptscale.data.corpus import iter_documents
 
@@ -68,10 +80,10 @@ def bench_sp(books: list[str], tok_dir: Path) -> float:
 
 def bench_raw(shards: Path, batch: int, n_batches: int, seed: int = 0) -> float:
     """Plain numpy on memory-mapped shards: a global shuffled (shard, row) order, one gather per batch."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy, like the next: see the imports
     import torch
 
-    m = json.loads((shards / "manifest.json").read_text())
+    m = manifest(shards)
     arrs = []
     for sh in m["splits"]["train"]["shards"]:
         col = pa.ipc.open_file(pa.memory_map(str(shards / sh["file"]))).get_batch(0).column(0)
@@ -91,9 +103,9 @@ def bench_raw(shards: Path, batch: int, n_batches: int, seed: int = 0) -> float:
 
 
 def bench_loader(shards: Path, batch: int, n_batches: int, workers: int) -> float:
-    from gptscale.data import ShardLoader, ShardStream
+    from gptscale.data import ShardLoader, ShardStream  # lazy (torch): see the imports
 
-    seq_len = json.loads((shards / "manifest.json").read_text())["seq_len"]
+    seq_len = manifest(shards)["seq_len"]
     loader = ShardLoader(ShardStream(shards, batch_size=batch, rank=0, world_size=1, seed=0), num_workers=workers)
     it = iter(loader)
     next(it)  # start-up (workers, first shard verification) is not throughput
@@ -106,7 +118,7 @@ def bench_loader(shards: Path, batch: int, n_batches: int, workers: int) -> floa
 
 def rss_probe(shards: Path, batch: int, n_batches: int) -> dict:
     """Run in a fresh process: peak anonymous RSS while streaming n_batches."""
-    from gptscale.data import ShardLoader, ShardStream
+    from gptscale.data import ShardLoader, ShardStream  # lazy (torch): see the imports
 
     base = rss_anon_mb()
     peak = base
@@ -122,7 +134,7 @@ def make_10x(shards: Path, out: Path) -> Path:
     """A shard set 10x larger: each shard hard-linked 10 times under new names, listed in a new manifest."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    m = json.loads((shards / "manifest.json").read_text())
+    m = manifest(shards)
     new = []
     for rep in range(10):
         for sh in m["splits"]["train"]["shards"]:
@@ -161,7 +173,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     tok_dir = work / f"tok{a.vocab_size}"
     if not (tok_dir / "tokenizer.json").exists():
-        from gptscale.tokenizer import train_tokenizer
+        from gptscale.tokenizer import train_tokenizer  # lazy: see the imports
 
         train_tokenizer(books, tok_dir, a.vocab_size, gutenberg=True, sample_sentences=300_000)
     res: dict = {}

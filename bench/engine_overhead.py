@@ -5,8 +5,8 @@ ds_configs file, our torch AdamW handed to DeepSpeed, the LambdaLR schedule) and
 
     loss = engine(x, y)[1]; engine.backward(loss); engine.step()
 
-The torch side is the same GPT, ``torch.optim.AdamW(param_groups(model, wd))``, the same LambdaLR
-(``lr_multiplier``) and ``clip_grad_norm_``:
+The torch side is the same GPT, the engine's own optimizer (``make_optimizer(param_groups(model, wd), train)``:
+torch AdamW), the same LambdaLR (``lr_multiplier``) and ``clip_grad_norm_``:
 
     loss.backward(); clip_grad_norm_; opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
 
@@ -42,36 +42,32 @@ import argparse
 import cProfile
 import io
 import json
+import logging
 import os
 import pstats
 import statistics
-import sys
 import time
 from pathlib import Path
 
-from gptscale.runtime.dist import free_port
+os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read once, when deepspeed is first imported (just below)
+
+import deepspeed
+import torch
+from deepspeed.utils import logger as ds_logger
+
+from gptscale.config import ModelConfig, TrainConfig, model_config
+from gptscale.model import GPT
+from gptscale.runtime.dist import init_single_process
+from gptscale.runtime.engine import build_engine, lr_scheduler, make_optimizer, param_groups
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+SIDES = ("ds", "torch")
 
 
 def setup_single_process() -> None:
-    for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ[k] = v
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
-    from gptscale.runtime.dist import init_distributed
-
-    init_distributed()
-
-
-def _silence_deepspeed() -> None:
-    import logging
-
-    from deepspeed.utils import logger
-
-    logger.setLevel(logging.WARNING)
+    """One local process group (rank 0 of 1, a free port), whatever the launching shell exported."""
+    init_single_process()
+    ds_logger.setLevel(logging.WARNING)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
 
@@ -79,8 +75,6 @@ class Side:
     """One training loop with its own RNG state (dropout masks match across sides)."""
 
     def __init__(self, name: str, step_fn, seed: int):
-        import torch
-
         self.name = name
         self.step_fn = step_fn
         g = torch.random.get_rng_state()
@@ -93,8 +87,6 @@ class Side:
         self.losses: list[float] = []
 
     def step(self, x, y, timed: bool) -> None:
-        import torch
-
         torch.random.set_rng_state(self.rng)
         c0 = time.process_time()
         t0 = time.perf_counter()
@@ -109,128 +101,100 @@ class Side:
             self.phases.append((t_fwd - t0, t_bwd - t_fwd, t1 - t_bwd))
 
 
-def bench_config(ds_config: str, args, profile: bool, no_allreduce: bool = False, label: str | None = None,
-                 deadline: float = float("inf")) -> dict:
-    import torch
+class TorchLoop:
+    """The plain torch loop: the engine's optimizer (torch AdamW on GPT-1's param groups) and schedule by hand."""
 
-    from gptscale.config import TrainConfig, model_config
-    from gptscale.model import GPT
-    from gptscale.runtime.engine import build_engine, lr_multiplier, param_groups
+    def __init__(self, model: GPT, train: TrainConfig, total_steps: int):
+        self.model, self.grad_clip = model, train.grad_clip
+        self.opt = make_optimizer(param_groups(model, train.weight_decay), train)
+        self.sched = lr_scheduler(self.opt, train, total_steps)  # build_engine's schedule
 
+    def __call__(self, x, y):
+        loss = self.model(x, y)[1]
+        t_fwd = time.perf_counter()
+        loss.backward()
+        t_bwd = time.perf_counter()
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.detach(), t_fwd, t_bwd
+
+
+class EngineLoop:
+    """What users get: build_engine, then engine(x, y) / engine.backward / engine.step."""
+
+    def __init__(self, model: GPT, train: TrainConfig, total_steps: int, no_allreduce: bool):
+        self.engine = build_engine(model, train, world_size=1, total_steps=total_steps)
+        if no_allreduce:  # experiment: skip the (world-size-1, no-op) data-parallel gradient all-reduce of ZeRO-0
+            self.engine.enable_backward_allreduce = False
+
+    def __call__(self, x, y):
+        loss = self.engine(x, y)[1]
+        t_fwd = time.perf_counter()
+        self.engine.backward(loss)
+        t_bwd = time.perf_counter()
+        self.engine.step()
+        return loss.detach(), t_fwd, t_bwd
+
+
+def configs_for(ds_config: str, args) -> tuple[ModelConfig, TrainConfig, int]:
+    """The model, the run config both sides train with, and the schedule length."""
     mcfg = model_config(args.preset, n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head,
                         d_ff=args.d_ff, n_ctx=args.seq, vocab_size=args.vocab, dropout=args.dropout)
     total_steps = args.warmup + args.iters + 10
     train = TrainConfig(ds_config=ds_config, precision="fp32", micro_batch_size=args.batch, grad_accum_steps=1,
                         lr=args.lr, warmup_steps=args.lr_warmup, max_steps=total_steps, grad_clip=args.grad_clip)
+    return mcfg, train, total_steps
 
+
+def twin_models(mcfg: ModelConfig) -> tuple[GPT, GPT, int]:
+    """Two GPTs in train mode with the same initial weights (seed 0), and their parameter count."""
     torch.manual_seed(0)
     init = GPT(mcfg).train()
     state = {k: v.clone() for k, v in init.state_dict().items()}
-    n_params = init.num_params()
-    del init
+    models = []
+    for _ in range(2):
+        m = GPT(mcfg).train()
+        m.load_state_dict(state)
+        models.append(m)
+    return models[0], models[1], init.num_params()
 
-    # torch side
-    tm = GPT(mcfg).train()
-    tm.load_state_dict(state)
-    opt = torch.optim.AdamW(param_groups(tm, train.weight_decay), lr=train.lr, betas=(train.beta1, train.beta2),
-                            eps=train.eps, weight_decay=train.weight_decay)
-    min_ratio = train.min_lr / train.lr if train.lr > 0 else 0.0
-    sched_kind = [train.lr_schedule] if hasattr(train, "lr_schedule") else []  # same schedule as build_engine's
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_multiplier(s, train.warmup_steps, total_steps, min_ratio, *sched_kind))
 
-    def torch_step(x, y):
-        loss = tm(x, y)[1]
-        t_fwd = time.perf_counter()
-        loss.backward()
-        t_bwd = time.perf_counter()
-        if train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(tm.parameters(), train.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach(), t_fwd, t_bwd
-
-    # DeepSpeed side
-    dm = GPT(mcfg).train()
-    dm.load_state_dict(state)
-    engine = build_engine(dm, train, world_size=1, total_steps=total_steps)
-    if no_allreduce:  # experiment: skip the (world-size-1, no-op) data-parallel gradient all-reduce of ZeRO-0
-        engine.enable_backward_allreduce = False
-
-    def ds_step(x, y):
-        loss = engine(x, y)[1]
-        t_fwd = time.perf_counter()
-        engine.backward(loss)
-        t_bwd = time.perf_counter()
-        engine.step()
-        return loss.detach(), t_fwd, t_bwd
-
-    load0 = os.getloadavg()[0]
+def make_batches(args) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
     batches = [torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=g) for _ in range(16)]
-    batches = [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in batches]
-    sides = {"ds": Side("ds", ds_step, 1234), "torch": Side("torch", torch_step, 1234)}
+    return [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in batches]
 
+
+def alternate(sides: dict[str, Side], batches, args, deadline: float) -> None:
+    """Untimed warm-up, then timed steps with the order of the two sides flipping every iteration."""
     for i in range(args.warmup):
         x, y = batches[i % len(batches)]
-        for name in ("ds", "torch"):
+        for name in SIDES:
             sides[name].step(x, y, timed=False)
     for i in range(args.iters):
         x, y = batches[(args.warmup + i) % len(batches)]
-        for name in (("ds", "torch") if i % 2 == 0 else ("torch", "ds")):
+        for name in (SIDES if i % 2 == 0 else SIDES[::-1]):
             sides[name].step(x, y, timed=True)
         # a loaded machine makes steps many times slower: keep the run within its time budget
         if i + 1 >= args.min_iters and i % 2 == 1 and time.perf_counter() > deadline:
             break
 
-    prof_text = None
-    if profile:
-        pr = cProfile.Profile()
-        for i in range(args.profile_steps):
-            x, y = batches[i % len(batches)]
-            pr.enable()
-            sides["ds"].step(x, y, timed=False)
-            pr.disable()
-            sides["torch"].step(x, y, timed=False)
-        s = io.StringIO()
-        pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(45)
-        prof_text = s.getvalue()
 
-    ds_l, t_l = sides["ds"].losses, sides["torch"].losses
-    k = min(args.compare_steps, len(ds_l))
-    diffs = [abs(a - b) for a, b in zip(ds_l, t_l)]
-    # parameters after the whole run (both sides took the same number of steps)
-    pdiff = max(float((a.detach() - b.detach()).abs().max())
-                for a, b in zip(engine.module.parameters(), tm.parameters()))
-    # paired: each iteration runs both sides back to back, so their ratio cancels slow load changes
-    paired = [a / b for a, b in zip(sides["ds"].times, sides["torch"].times)]
-    ds_ms = 1000 * statistics.median(sides["ds"].times)
-    t_ms = 1000 * statistics.median(sides["torch"].times)
-    ds_cpu = 1000 * statistics.median(sides["ds"].cpu_times)
-    t_cpu = 1000 * statistics.median(sides["torch"].cpu_times)
-
-    def phase_ms(side):
-        return [round(1000 * statistics.median(ph[j] for ph in side.phases), 1) for j in range(3)]
-    res = {
-        "config": label or Path(ds_config).stem, "params_m": round(n_params / 1e6, 2), "batch": args.batch, "seq": args.seq,
-        "iters": len(sides["ds"].times), "ds_ms": round(ds_ms, 1), "torch_ms": round(t_ms, 1), "ratio": round(ds_ms / t_ms, 3),
-        "paired_ratio_median": round(statistics.median(paired), 3),
-        "min_ratio": round(min(sides["ds"].times) / min(sides["torch"].times), 3),
-        "ds_cpu_ms": round(ds_cpu, 1), "torch_cpu_ms": round(t_cpu, 1), "cpu_ratio": round(ds_cpu / t_cpu, 3),
-        "ds_phases_ms_fwd_bwd_step": phase_ms(sides["ds"]), "torch_phases_ms_fwd_bwd_step": phase_ms(sides["torch"]),
-        "ds_ms_p25_p75": [round(1000 * q, 1) for q in _quartiles(sides["ds"].times)],
-        "torch_ms_p25_p75": [round(1000 * q, 1) for q in _quartiles(sides["torch"].times)],
-        "compare_steps": k, "loss_max_abs_diff_first": max(diffs[:k]), "loss_max_abs_diff_all": max(diffs),
-        "param_max_abs_diff_end": pdiff,
-        "loss_abs_diff_at_step": {str(i): diffs[i - 1] for i in (1, 5, 10, 20, 40, 80, 160) if i <= len(diffs)}, "first_losses": [round(v, 6) for v in ds_l[:3]],
-        "ds_optimizer": type(engine.optimizer).__name__,
-    }
-    res["loadavg_1min_start_end"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
-    if prof_text:
-        res["_profile"] = prof_text
-    del engine, dm, tm, opt
-    return res
+def profile_engine(sides: dict[str, Side], batches, steps: int) -> str:
+    """cProfile of the DeepSpeed side's steps (the torch side steps too, unprofiled, to stay in lockstep)."""
+    pr = cProfile.Profile()
+    for i in range(steps):
+        x, y = batches[i % len(batches)]
+        pr.enable()
+        sides["ds"].step(x, y, timed=False)
+        pr.disable()
+        sides["torch"].step(x, y, timed=False)
+    s = io.StringIO()
+    pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(45)
+    return s.getvalue()
 
 
 def _quartiles(xs: list[float]) -> tuple[float, float]:
@@ -238,7 +202,67 @@ def _quartiles(xs: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def main() -> None:
+def _ms(xs) -> float:
+    return 1000 * statistics.median(xs)
+
+
+def timing_figures(ds: Side, tc: Side) -> dict:
+    """Median step times, their ratios (plain, paired, min/min, CPU time), per-phase medians and quartiles."""
+    def phase_ms(side):
+        return [round(_ms(ph[j] for ph in side.phases), 1) for j in range(3)]
+
+    # paired: each iteration runs both sides back to back, so their ratio cancels slow load changes
+    paired = [a / b for a, b in zip(ds.times, tc.times)]
+    ds_ms, t_ms, ds_cpu, t_cpu = _ms(ds.times), _ms(tc.times), _ms(ds.cpu_times), _ms(tc.cpu_times)
+    return {
+        "iters": len(ds.times), "ds_ms": round(ds_ms, 1), "torch_ms": round(t_ms, 1), "ratio": round(ds_ms / t_ms, 3),
+        "paired_ratio_median": round(statistics.median(paired), 3),
+        "min_ratio": round(min(ds.times) / min(tc.times), 3),
+        "ds_cpu_ms": round(ds_cpu, 1), "torch_cpu_ms": round(t_cpu, 1), "cpu_ratio": round(ds_cpu / t_cpu, 3),
+        "ds_phases_ms_fwd_bwd_step": phase_ms(ds), "torch_phases_ms_fwd_bwd_step": phase_ms(tc),
+        "ds_ms_p25_p75": [round(1000 * q, 1) for q in _quartiles(ds.times)],
+        "torch_ms_p25_p75": [round(1000 * q, 1) for q in _quartiles(tc.times)],
+    }
+
+
+def agreement_figures(ds: Side, tc: Side, ds_model, torch_model, compare_steps: int) -> dict:
+    """How far the two sides' losses (first steps, all steps) and final parameters are apart."""
+    k = min(compare_steps, len(ds.losses))
+    diffs = [abs(a - b) for a, b in zip(ds.losses, tc.losses)]
+    # parameters after the whole run (both sides took the same number of steps)
+    pdiff = max(float((a.detach() - b.detach()).abs().max())
+                for a, b in zip(ds_model.parameters(), torch_model.parameters()))
+    return {
+        "compare_steps": k, "loss_max_abs_diff_first": max(diffs[:k]), "loss_max_abs_diff_all": max(diffs),
+        "param_max_abs_diff_end": pdiff,
+        "loss_abs_diff_at_step": {str(i): diffs[i - 1] for i in (1, 5, 10, 20, 40, 80, 160) if i <= len(diffs)},
+        "first_losses": [round(v, 6) for v in ds.losses[:3]],
+    }
+
+
+def bench_config(ds_config: str, args, profile: bool, no_allreduce: bool = False, label: str | None = None,
+                 deadline: float = float("inf")) -> dict:
+    """Both loops on one ds_configs file: timings, loss/parameter agreement, optionally a cProfile."""
+    mcfg, train, total_steps = configs_for(ds_config, args)
+    tm, dm, n_params = twin_models(mcfg)
+    torch_loop = TorchLoop(tm, train, total_steps)
+    ds_loop = EngineLoop(dm, train, total_steps, no_allreduce)
+    load0 = os.getloadavg()[0]
+    batches = make_batches(args)
+    sides = {"ds": Side("ds", ds_loop, 1234), "torch": Side("torch", torch_loop, 1234)}
+    alternate(sides, batches, args, deadline)
+    prof_text = profile_engine(sides, batches, args.profile_steps) if profile else None
+    res = {"config": label or Path(ds_config).stem, "params_m": round(n_params / 1e6, 2), "batch": args.batch,
+           "seq": args.seq, **timing_figures(sides["ds"], sides["torch"]),
+           **agreement_figures(sides["ds"], sides["torch"], ds_loop.engine.module, tm, args.compare_steps),
+           "ds_optimizer": type(ds_loop.engine.optimizer).__name__,
+           "loadavg_1min_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+    if prof_text:
+        res["_profile"] = prof_text
+    return res
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=["ds_configs/zero0.json", "ds_configs/zero2.json"],
                    help="ds_configs files (relative to the repo root or absolute)")
@@ -264,38 +288,42 @@ def main() -> None:
     p.add_argument("--profile", nargs="*", default=[], help="config stems to cProfile (DeepSpeed step)")
     p.add_argument("--profile-steps", type=int, default=10)
     args = p.parse_args()
-
-    import torch
-
-    setup_single_process()
-    _silence_deepspeed()
-    import deepspeed
-
-    print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, {torch.get_num_threads()} threads, fp32, "
-          f"train mode (dropout {args.dropout})", flush=True)
-    results = []
-    t_start = time.perf_counter()
     for cfg in args.configs:
         # "FILE+noallreduce": experiment, engine.enable_backward_allreduce = False after build_engine (stage 0 only)
-        file, _, mod = cfg.partition("+")
+        mod = cfg.partition("+")[2]
         if mod not in ("", "noallreduce"):
             p.error(f"unknown config modifier +{mod} (only +noallreduce)")
-        path = file if os.path.isabs(file) else str(REPO / file)
+    return args
+
+
+def config_line(r: dict, args) -> str:
+    k = r["compare_steps"]
+    return (f"{r['config']:<14} {r['params_m']}M params B={args.batch} T={args.seq}: DeepSpeed {r['ds_ms']:.1f} ms "
+            f"(IQR {r['ds_ms_p25_p75']}), torch {r['torch_ms']:.1f} ms (IQR {r['torch_ms_p25_p75']}), "
+            f"ratio {r['ratio']:.3f} (paired median {r['paired_ratio_median']:.3f}, min/min {r['min_ratio']:.3f}, "
+            f"process CPU time {r['cpu_ratio']:.3f}; load avg {r['loadavg_1min_start_end']}); fwd/bwd/step ms "
+            f"DeepSpeed {r['ds_phases_ms_fwd_bwd_step']} torch {r['torch_phases_ms_fwd_bwd_step']}; loss max|diff| "
+            f"first {k} steps {r['loss_max_abs_diff_first']:.2e}, all {r['loss_max_abs_diff_all']:.2e}; params "
+            f"max|diff| at end {r['param_max_abs_diff_end']:.2e}")
+
+
+def main() -> None:
+    args = parse_args()
+    setup_single_process()
+    print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, {torch.get_num_threads()} threads, fp32, "
+          f"train mode (dropout {args.dropout})", flush=True)
+    results: list[dict] = []
+    t_start = time.perf_counter()
+    for cfg in args.configs:
+        file, _, mod = cfg.partition("+")
         label = Path(file).stem + (f"+{mod}" if mod else "")
         left = args.time_budget_s - (time.perf_counter() - t_start)
         deadline = time.perf_counter() + left / (len(args.configs) - len(results))
-        r = bench_config(path, args, profile=label in args.profile, no_allreduce=mod == "noallreduce", label=label,
-                         deadline=deadline)
+        r = bench_config(file if os.path.isabs(file) else str(REPO / file), args, profile=label in args.profile,
+                         no_allreduce=mod == "noallreduce", label=label, deadline=deadline)
         prof = r.pop("_profile", None)
         results.append(r)
-        k = r["compare_steps"]
-        print(f"{r['config']:<14} {r['params_m']}M params B={args.batch} T={args.seq}: DeepSpeed {r['ds_ms']:.1f} ms "
-              f"(IQR {r['ds_ms_p25_p75']}), torch {r['torch_ms']:.1f} ms (IQR {r['torch_ms_p25_p75']}), "
-              f"ratio {r['ratio']:.3f} (paired median {r['paired_ratio_median']:.3f}, min/min {r['min_ratio']:.3f}, "
-              f"process CPU time {r['cpu_ratio']:.3f}; load avg {r['loadavg_1min_start_end']}); fwd/bwd/step ms DeepSpeed "
-              f"{r['ds_phases_ms_fwd_bwd_step']} torch {r['torch_phases_ms_fwd_bwd_step']}; loss max|diff| first {k} steps {r['loss_max_abs_diff_first']:.2e}, "
-              f"all {r['loss_max_abs_diff_all']:.2e}; params max|diff| at end {r['param_max_abs_diff_end']:.2e}",
-              flush=True)
+        print(config_line(r, args), flush=True)
         if prof:
             print(f"--- cProfile, DeepSpeed step, {r['config']}, {args.profile_steps} steps ---\n{prof}", flush=True)
     head = next((r for r in results if r["config"] == args.headline), results[-1])

@@ -37,24 +37,30 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gptscale.runtime.dist import free_port
+from gptscale.files import atomic_write_json
+from gptscale.runtime.dist import drop_stale, free_port
+from gptscale.tasks.outputs import METRICS_FILE, PREDICTIONS_FILE, read_best
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+GPTSCALE = [sys.executable, "-m", "gptscale"]
 LOAD: dict[str, float] = {}
 WARNINGS: list[str] = []
 PROGRESS = re.compile(r"^(step \d|epoch \d|gptscale |best |done:|wrote |.*error|Traceback)", re.IGNORECASE)
+ARMS = ("pretrained", "scratch")
 
 
 def child_env() -> dict[str, str]:
     """This environment without process-group variables (the launcher sets them), CPU DeepSpeed, 1 thread/rank."""
-    drop = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
+    env = dict(os.environ)
+    drop_stale(env)
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
     env.setdefault("DS_ACCELERATOR", "cpu")
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PATH"] = str(BIN) + os.pathsep + env.get("PATH", "")  # the venv's ninja/deepspeed first
@@ -90,6 +96,11 @@ def run(cmd: list[str], log: Path, stage: str, finished: Callable[[], bool] = la
     return dt
 
 
+def deepspeed_cmd(nproc: int, script: str, *args: str) -> list[str]:
+    """`deepspeed --num_gpus N SCRIPT ARGS` on a free rendezvous port."""
+    return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()), script, *args]
+
+
 def model_overrides(a: argparse.Namespace) -> dict[str, Any]:
     return {"preset": "gpt2-tiny", "vocab_size": a.vocab, "n_ctx": a.seq_len, "n_layer": a.n_layer,
             "n_head": a.n_head, "d_model": a.d_model, "d_ff": 4 * a.d_model, "dropout": a.dropout}
@@ -109,19 +120,35 @@ def pretrain_config(a: argparse.Namespace, out: Path, tok: Path) -> dict[str, An
                   "keep_last": 1, "seed": a.seed}}
 
 
+def finetune_recipe(a: argparse.Namespace, tok: Path) -> list[str]:
+    """The fine-tuning overrides both arms share: model shape, tokenizer, run-wide train.* keys, the finetune.*
+    recipe (fine-tuning refuses train.* recipe keys)."""
+    return [f"--model.{k}={v}" for k, v in model_overrides(a).items()] + [
+        f"--data.tokenizer={tok}", f"--train.precision={a.precision}", f"--train.ds_config={a.ds_config}",
+        "--train.log_interval=50", f"--finetune.lr={a.ft_lr}", f"--finetune.epochs={a.ft_epochs}",
+        f"--finetune.batch_size={a.ft_batch}", f"--finetune.micro_batch_size={a.ft_batch // a.nproc}",
+        f"--finetune.lm_coef={a.ft_lm_coef}"]
+
+
 def last_val_loss(run_dir: Path) -> float | None:
     vals = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"val_loss"' in x]
     return round(vals[-1]["val_loss"], 4) if vals else None
 
 
-def atomic_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+def epochs_written(run_dir: Path) -> list[dict[str, Any]]:
+    """Every epoch's dev metrics of a fine-tuning run so far (RUN_DIR/metrics.json)."""
+    f = run_dir / METRICS_FILE
+    return json.loads(f.read_text())["epochs"] if f.is_file() else []
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def accuracies(run_dir: Path) -> dict[str, Any]:
+    """Dev accuracy of a finished fine-tuning run: after the last epoch, at the best one, and per epoch."""
+    epochs, best = epochs_written(run_dir), read_best(run_dir)
+    return {"last": epochs[-1]["accuracy"], "best": best["accuracy"], "best_epoch": best["best_epoch"],
+            "per_epoch": [e["accuracy"] for e in epochs]}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=os.environ.get("GPTSCALE_DATA", str(REPO.parent / "shared" / "data")),
                    help="shared data root with corpus/gutenberg and glue/ (default $GPTSCALE_DATA or ../shared/data)")
     p.add_argument("--out", default=str(REPO / "runs" / "bench_transfer"), help="folder for every output")
@@ -152,102 +179,142 @@ def main() -> None:
     g.add_argument("--ft-lm-coef", type=float, default=0.5)
     g.add_argument("--ft-seeds", type=int, nargs="+", default=[42],
                    help="fine-tuning seeds (head init, dropout, order, train subset); figures are means over them")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
     a = p.parse_args()
     if a.pretrain_batch % a.nproc or a.ft_batch % a.nproc:
         p.error("--pretrain-batch and --ft-batch must be multiples of --nproc")
+    return a
 
-    data, out = Path(a.data).resolve(), Path(a.out).resolve()
-    for need in ("corpus/gutenberg", *(f"glue/{t}/{s}.tsv" for t in ("SST-2", "RTE") for s in ("train", "dev"))):
-        if not (data / need).exists():
-            sys.exit(f"bench/transfer.py: {data / need} not found; pass --data <shared data root> or set GPTSCALE_DATA")
-    out.mkdir(parents=True, exist_ok=True)
-    logs, t_all = out / "logs", time.perf_counter()
-    durations: dict[str, float] = {}
-    gptscale = [sys.executable, "-m", "gptscale"]
-    corpus = str(data / "corpus" / "gutenberg")
 
-    # 1. tokenizer + shards (reused when already built for this vocab / seq_len: they are deterministic)
-    tok = Path(a.tok).resolve() if a.tok else out / f"tok{a.vocab}"
-    if not (tok / "tokenizer.model").is_file():
-        if a.tok:
-            sys.exit(f"bench/transfer.py: --tok {tok}: no tokenizer.model there")
-        durations["tokenizer"] = run(gptscale + ["tokenizer", "train", "--input", corpus, "--vocab-size", str(a.vocab),
-                                                 "--out", str(tok), "--gutenberg"], logs / "tokenizer.log", "tokenizer")
-    tok_hash = json.loads((tok / "tokenizer.json").read_text()).get("hash") if (tok / "tokenizer.json").is_file() else None
-    shards = out / "shards"
-    stamp = {"tokenizer": str(tok), "tok_hash": tok_hash, "seq_len": a.seq_len, "corpus": corpus}
-    stamp_file = shards / "bench_stamp.json"
-    if not (stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp):
+@dataclass
+class Pipeline:
+    """One bench run: its arguments, the resolved data and output folders, and each stage's seconds."""
+
+    a: argparse.Namespace
+    data: Path
+    out: Path
+    durations: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def corpus(self) -> str:
+        return str(self.data / "corpus" / "gutenberg")
+
+    def stage(self, name: str, cmd: list[str], finished: Callable[[], bool] = lambda: False) -> None:
+        """Run one stage (log OUT/logs/NAME.log) and keep its seconds."""
+        self.durations[name] = run(cmd, self.out / "logs" / f"{name}.log", name, finished)
+
+    def check_data(self) -> None:
+        for need in ("corpus/gutenberg", *(f"glue/{t}/{s}.tsv" for t in ("SST-2", "RTE") for s in ("train", "dev"))):
+            if not (self.data / need).exists():
+                sys.exit(f"bench/transfer.py: {self.data / need} not found; pass --data <shared data root> or set "
+                         f"GPTSCALE_DATA")
+
+    def tokenizer(self) -> Path:
+        """--tok, else OUT/tokVOCAB, trained unless already there (it is deterministic)."""
+        a = self.a
+        tok = Path(a.tok).resolve() if a.tok else self.out / f"tok{a.vocab}"
+        if not (tok / "tokenizer.model").is_file():
+            if a.tok:
+                sys.exit(f"bench/transfer.py: --tok {tok}: no tokenizer.model there")
+            self.stage("tokenizer", GPTSCALE + ["tokenizer", "train", "--input", self.corpus, "--vocab-size",
+                                                str(a.vocab), "--out", str(tok), "--gutenberg"])
+        return tok
+
+    def shards(self, tok: Path) -> None:
+        """OUT/shards, rebuilt unless stamped with this tokenizer, seq_len and corpus (they are deterministic)."""
+        tok_json = tok / "tokenizer.json"
+        tok_hash = json.loads(tok_json.read_text()).get("hash") if tok_json.is_file() else None
+        shards = self.out / "shards"
+        stamp = {"tokenizer": str(tok), "tok_hash": tok_hash, "seq_len": self.a.seq_len, "corpus": self.corpus}
+        stamp_file = shards / "bench_stamp.json"
+        if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+            return
         shutil.rmtree(shards, ignore_errors=True)
-        durations["shard"] = run(gptscale + ["shard", "--input", corpus, "--tokenizer", str(tok), "--out", str(shards),
-                                             "--seq-len", str(a.seq_len), "--val-fraction", "0.01", "--gutenberg"],
-                                 logs / "shard.log", "shard")
-        atomic_json(stamp_file, stamp)
+        self.stage("shard", GPTSCALE + ["shard", "--input", self.corpus, "--tokenizer", str(tok), "--out", str(shards),
+                                        "--seq-len", str(self.a.seq_len), "--val-fraction", "0.01", "--gutenberg"])
+        atomic_write_json(stamp_file, stamp, sort_keys=False)
 
-    # 2. pre-training for a fixed token budget
-    cfg = pretrain_config(a, out, tok)
-    cfg_text = yaml.safe_dump(cfg, sort_keys=True)
-    cfg_file, pre_dir, done_file = out / "pretrain.yaml", out / "pretrain", out / "pretrain_done.json"
-    steps, latest = cfg["train"]["max_steps"], pre_dir / "checkpoints" / "latest"
-    reused = bool(a.reuse_pretrain and cfg_file.is_file() and cfg_file.read_text() == cfg_text and done_file.is_file()
-                  and latest.is_file())
-    if reused:
-        print(f"[pretrain] reusing {pre_dir} (same config)", flush=True)
-        durations["pretrain"] = json.loads(done_file.read_text())["seconds"]
-    else:
+    def pretrain(self, tok: Path) -> tuple[int, bool]:
+        """Pre-training for a fixed token budget (kept with --reuse-pretrain if its config is unchanged);
+        returns its steps and whether it was reused."""
+        cfg = pretrain_config(self.a, self.out, tok)
+        cfg_text = yaml.safe_dump(cfg, sort_keys=True)
+        cfg_file, pre_dir, done_file = self.out / "pretrain.yaml", self.out / "pretrain", self.out / "pretrain_done.json"
+        steps, latest = cfg["train"]["max_steps"], pre_dir / "checkpoints" / "latest"
+        if (self.a.reuse_pretrain and cfg_file.is_file() and cfg_file.read_text() == cfg_text and done_file.is_file()
+                and latest.is_file()):
+            print(f"[pretrain] reusing {pre_dir} (same config)", flush=True)
+            self.durations["pretrain"] = json.loads(done_file.read_text())["seconds"]
+            return steps, True
         shutil.rmtree(pre_dir, ignore_errors=True)
         done_file.unlink(missing_ok=True)
         cfg_file.write_text(cfg_text)
-        durations["pretrain"] = run(
-            [str(BIN / "deepspeed"), "--num_gpus", str(a.nproc), "--master_port", str(free_port()),
-             "gptscale/pretrain.py", "--config", str(cfg_file), "--resume", "none"], logs / "pretrain.log", "pretrain",
-            finished=lambda: latest.is_file() and latest.read_text().strip() == f"step_{steps:08d}")
-        atomic_json(done_file, {"seconds": durations["pretrain"], "loadavg_5min": LOAD.get("pretrain")})
+        self.stage("pretrain", deepspeed_cmd(self.a.nproc, "gptscale/pretrain.py", "--config", str(cfg_file),
+                                             "--resume", "none"),
+                   finished=lambda: latest.is_file() and latest.read_text().strip() == f"step_{steps:08d}")
+        atomic_write_json(done_file, {"seconds": self.durations["pretrain"], "loadavg_5min": LOAD.get("pretrain")},
+                          sort_keys=False)
+        return steps, False
 
-    # 3. fine-tuning: pre-trained vs scratch, identical recipe, seeds and model shape
-    mo = model_overrides(a)
-    common = [f"--model.{k}={v}" for k, v in mo.items()] + [
-        f"--data.tokenizer={tok}", f"--train.precision={a.precision}", f"--train.ds_config={a.ds_config}",
-        "--train.log_interval=50", f"--finetune.lr={a.ft_lr}", f"--finetune.epochs={a.ft_epochs}",
-        f"--finetune.batch_size={a.ft_batch}", f"--finetune.micro_batch_size={a.ft_batch // a.nproc}",
-        f"--finetune.lm_coef={a.ft_lm_coef}"]
+    def finetune(self, task: str, arm: str, seed: int, recipe: list[str]) -> dict[str, Any]:
+        """One fine-tuning run (from OUT/pretrain or from scratch); returns its dev accuracies."""
+        a, name = self.a, f"{task}_{arm}_seed{seed}"
+        run_dir = self.out / "finetune" / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        init = str(self.out / "pretrain") if arm == "pretrained" else "none"
+        cmd = deepspeed_cmd(a.nproc, "gptscale/finetune.py", "--task", task, "--init", init, "--data-dir",
+                            str(self.data), f"--train.run_dir={run_dir}", *recipe, f"--finetune.seed={seed}")
+        subset = a.sst2_train if task == "sst2" else a.rte_train
+        if subset is not None:  # the subset is drawn with the fine-tuning seed: the same in both arms
+            cmd.append(f"--finetune.train_samples={subset}")
+        self.stage(name, cmd, finished=lambda: len(epochs_written(run_dir)) == a.ft_epochs)
+        return accuracies(run_dir)
+
+
+def task_figures(task: str, runs: dict[str, Any], seeds: list[int], n_dev: int) -> dict[str, Any]:
+    """Means over seeds of each arm (last and best epoch), the gain, its unpaired binomial s.e., per-seed gains."""
+    result: dict[str, Any] = {}
+    for arm in ARMS:
+        for key, pick in ((f"{task}_{arm}", "last"), (f"{task}_{arm}_best_epoch", "best")):
+            result[key] = round(statistics.mean(runs[f"{task}_{arm}_seed{s}"][pick] for s in seeds), 4)
+    result[f"{task}_gain"] = round(result[f"{task}_pretrained"] - result[f"{task}_scratch"], 4)
+    pa, sa = result[f"{task}_pretrained"], result[f"{task}_scratch"]  # unpaired binomial s.e. on one dev set
+    result[f"{task}_gain_se"] = round(math.sqrt((pa * (1 - pa) + sa * (1 - sa)) / n_dev), 4)
+    result[f"{task}_gain_per_seed"] = [round(runs[f"{task}_pretrained_seed{s}"]["last"]
+                                             - runs[f"{task}_scratch_seed{s}"]["last"], 4) for s in seeds]
+    result[f"{task}_dev_examples"] = n_dev
+    return result
+
+
+def finetune_all(pipe: Pipeline, tok: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pre-trained vs scratch for every task and seed, identical recipe, seeds and model shape."""
+    a, recipe = pipe.a, finetune_recipe(pipe.a, tok)
     result: dict[str, Any] = {}
     runs: dict[str, Any] = {}
     for task in a.tasks:
-        subset = a.sst2_train if task == "sst2" else a.rte_train
         for seed in a.ft_seeds:
-            for arm, init in (("pretrained", str(pre_dir)), ("scratch", "none")):
-                name = f"{task}_{arm}_seed{seed}"
-                run_dir = out / "finetune" / name
-                shutil.rmtree(run_dir, ignore_errors=True)
-                cmd = [str(BIN / "deepspeed"), "--num_gpus", str(a.nproc), "--master_port", str(free_port()),
-                       "gptscale/finetune.py", "--task", task, "--init", init, "--data-dir", str(data),
-                       f"--train.run_dir={run_dir}", *common, f"--finetune.seed={seed}"]
-                if subset is not None:  # the subset is drawn with the fine-tuning seed: the same in both arms
-                    cmd.append(f"--finetune.train_samples={subset}")
-                mfile = run_dir / "metrics.json"
-                durations[name] = run(cmd, logs / f"{name}.log", name, finished=lambda f=mfile: f.is_file() and len(
-                    json.loads(f.read_text())["epochs"]) == a.ft_epochs)
-                m = json.loads(mfile.read_text())
-                runs[name] = {"last": m["epochs"][-1]["accuracy"], "best": m["best"]["accuracy"],
-                              "best_epoch": m["best"]["epoch"], "per_epoch": [e["accuracy"] for e in m["epochs"]]}
-        n_dev = len((out / "finetune" / name / "predictions_dev.tsv").read_text().splitlines()) - 1
-        for arm in ("pretrained", "scratch"):
-            for key, pick in ((f"{task}_{arm}", "last"), (f"{task}_{arm}_best_epoch", "best")):
-                result[key] = round(statistics.mean(runs[f"{task}_{arm}_seed{s}"][pick] for s in a.ft_seeds), 4)
-        result[f"{task}_gain"] = round(result[f"{task}_pretrained"] - result[f"{task}_scratch"], 4)
-        pa, sa = result[f"{task}_pretrained"], result[f"{task}_scratch"]  # unpaired binomial s.e. on one dev set
-        result[f"{task}_gain_se"] = round(math.sqrt((pa * (1 - pa) + sa * (1 - sa)) / n_dev), 4)
-        result[f"{task}_gain_per_seed"] = [round(runs[f"{task}_pretrained_seed{s}"]["last"]
-                                                 - runs[f"{task}_scratch_seed{s}"]["last"], 4) for s in a.ft_seeds]
-        result[f"{task}_dev_examples"] = n_dev
+            for arm in ARMS:
+                runs[f"{task}_{arm}_seed{seed}"] = pipe.finetune(task, arm, seed, recipe)
+        last = pipe.out / "finetune" / f"{task}_{ARMS[-1]}_seed{a.ft_seeds[-1]}"
+        n_dev = len((last / PREDICTIONS_FILE).read_text().splitlines()) - 1
+        result.update(task_figures(task, runs, a.ft_seeds, n_dev))
+    return result, runs
 
-    durations = {k: round(v, 1) for k, v in durations.items()}
+
+def summarize(pipe: Pipeline, result: dict[str, Any], runs: dict[str, Any], steps: int, reused: bool,
+              t_all: float) -> dict[str, Any]:
+    """The result.json object (also the last stdout line)."""
+    a, logs = pipe.a, pipe.out / "logs"
+    durations = {k: round(v, 1) for k, v in pipe.durations.items()}
     durations["total"] = round(time.perf_counter() - t_all, 1)
     if reused:  # what the whole pipeline took: this invocation + the reused pre-training
         durations["total_with_reused_pretrain"] = round(durations["total"] + durations["pretrain"], 1)
     mm = re.search(r"([\d.]+)M params", (logs / "pretrain.log").read_text() if (logs / "pretrain.log").is_file() else "")
-    summary = {
+    return {
         **result,
         "metric": f"dev accuracy after the last fine-tuning epoch (mean over seeds {a.ft_seeds}); *_best_epoch: "
                   "best epoch on dev",
@@ -257,17 +324,32 @@ def main() -> None:
                     "sst2_train": a.sst2_train, "rte_train": a.rte_train or "all", "ft_epochs": a.ft_epochs,
                     "ft_lr": a.ft_lr, "ft_batch": a.ft_batch, "ft_lm_coef": a.ft_lm_coef, "ft_seeds": a.ft_seeds,
                     "nproc": a.nproc, "precision": a.precision, "ds_config": a.ds_config},
-        "model": {**mo, "params_m": float(mm.group(1)) if mm else None}, "pretrain_val_loss": last_val_loss(pre_dir),
+        "model": {**model_overrides(a), "params_m": float(mm.group(1)) if mm else None},
+        "pretrain_val_loss": last_val_loss(pipe.out / "pretrain"),
         "pretrain_reused": reused, "durations_s": durations, "loadavg_5min": LOAD, "cpus": os.cpu_count(),
-        "warnings": WARNINGS, "runs": runs, "out": str(out),
+        "warnings": WARNINGS, "runs": runs, "out": str(pipe.out),
     }
-    atomic_json(out / "result.json", summary)
+
+
+def main() -> None:
+    a = parse_args()
+    pipe = Pipeline(a, Path(a.data).resolve(), Path(a.out).resolve())
+    pipe.check_data()
+    pipe.out.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    tok = pipe.tokenizer()
+    pipe.shards(tok)
+    steps, reused = pipe.pretrain(tok)
+    result, runs = finetune_all(pipe, tok)
+    summary = summarize(pipe, result, runs, steps, reused, t_all)
+    atomic_write_json(pipe.out / "result.json", summary, sort_keys=False)
     for task in a.tasks:
         print(f"{task}: pre-trained {result[f'{task}_pretrained']:.4f} vs scratch {result[f'{task}_scratch']:.4f} "
               f"(gain {result[f'{task}_gain']:+.4f} +- {result[f'{task}_gain_se']:.4f}; best epochs "
               f"{result[f'{task}_pretrained_best_epoch']:.4f} vs {result[f'{task}_scratch_best_epoch']:.4f})", flush=True)
-    print(f"result: {out / 'result.json'}; total {durations['total']:.0f}s", flush=True)
+    print(f"result: {pipe.out / 'result.json'}; total {summary['durations_s']['total']:.0f}s", flush=True)
     print(json.dumps(summary))
+
 
 if __name__ == "__main__":
     main()

@@ -234,6 +234,13 @@ def init_distributed() -> tuple[int, int, int]:
     return rank, world, local
 
 
+def init_single_process() -> tuple[int, int, int]:
+    """Rank 0 of a one-process group on a free port, whatever the launching shell exported (benchmarks)."""
+    drop_stale(os.environ)
+    os.environ.update(setup_env({}))
+    return init_distributed()
+
+
 def rank() -> int:
     import torch  # lazy (module docstring)
 

@@ -156,6 +156,13 @@ def make_optimizer(groups: list[dict[str, Any]], train: TrainConfig) -> torch.op
     return OPTIMIZERS[train.optimizer](groups, train)
 
 
+def lr_scheduler(opt: torch.optim.Optimizer, train: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule of both loops: lr_multiplier over `total_steps` (warm-up, then cosine or linear to min_lr)."""
+    min_ratio = train.min_lr / train.lr if train.lr > 0 else 0.0
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_multiplier(s, train.warmup_steps, total_steps, min_ratio, train.lr_schedule))
+
+
 def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, total_steps: int,
                  load_universal: bool = False):
     """deepspeed.initialize with the run config filled into the ds_configs file; returns the engine.
@@ -167,14 +174,8 @@ def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, to
         model.compile()  # in place: parameter names and state_dict keys stay as they are
     groups = param_groups(model, train.weight_decay)
     optimizer = None if "optimizer" in ds else make_optimizer(groups, train)
-    min_ratio = train.min_lr / train.lr if train.lr > 0 else 0.0
-
-    def scheduler(opt):
-        return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_multiplier(s, train.warmup_steps, total_steps, min_ratio, train.lr_schedule))
-
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
-                                           lr_scheduler=scheduler, config=ds)
+                                           lr_scheduler=lambda opt: lr_scheduler(opt, train, total_steps), config=ds)
     return engine
 
 
