@@ -20,6 +20,7 @@ import submitit
 
 from gptscale.config import load_config
 from gptscale.runtime.dist import apply_env_defaults, drop_stale, setup_env
+from gptscale.tasks.outputs import METRICS_FILE
 
 KINDS = ("pretrain", "finetune")
 
@@ -42,23 +43,27 @@ def resolve_run(kind: str, argv: list[str]) -> tuple[list[str], Path]:
 
 
 def read_result(kind: str, run_dir: Path) -> dict[str, Any]:
-    """What a finished run leaves behind: fine-tuning's metrics.json, pre-training's last metrics record."""
+    """What a finished run leaves behind: fine-tuning's metrics.json, pre-training's last metrics record and
+    latest checkpoint. Runs inside the job, after training (torch and DeepSpeed are loaded by then)."""
+    from gptscale.runtime import checkpoint  # lazy: imports DeepSpeed, which the login node need not load
+    from gptscale.runtime.monitor import JsonlSink
+
     out: dict[str, Any] = {"kind": kind, "run_dir": str(run_dir),
                            "tensorboard": f"tensorboard --logdir {run_dir / 'tb'}"}
     if kind == "finetune":
-        f = run_dir / "metrics.json"
+        f = run_dir / METRICS_FILE
         if f.is_file():
             out["metrics"] = json.loads(f.read_text())
-    else:
-        f = run_dir / "metrics.jsonl"
-        if f.is_file():  # the last step's records (training and validation) merged
-            recs = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
-            last = max((r.get("step", 0) for r in recs), default=None)
-            if last is not None:
-                out["metrics"] = {k: v for r in recs if r.get("step") == last for k, v in r.items()}
-        latest = run_dir / "checkpoints" / "latest"
-        if latest.is_file():
-            out["checkpoint"] = str(run_dir / "checkpoints" / latest.read_text().strip())
+        return out
+    f = run_dir / JsonlSink.filename
+    if f.is_file():  # the last step's records (training and validation) merged
+        recs = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+        last = max((r.get("step", 0) for r in recs), default=None)
+        if last is not None:
+            out["metrics"] = {k: v for r in recs if r.get("step") == last for k, v in r.items()}
+    tag = checkpoint.latest_tag(run_dir / checkpoint.CHECKPOINTS)
+    if tag:
+        out["checkpoint"] = str(run_dir / checkpoint.CHECKPOINTS / tag)
     return out
 
 

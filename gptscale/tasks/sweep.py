@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gptscale.files import atomic_write_bytes, atomic_write_json
-from gptscale.tasks.outputs import read_best
+from gptscale.tasks.outputs import METRICS_FILE, read_best
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -123,8 +123,8 @@ def cli(argv: list[str]) -> int:
         name = f"n{n}_s{s}"
         run_dir = out / name
         runs[name], meta[name] = run_dir, {"train_samples": n, "seed": s}
-        if (run_dir / "metrics.json").is_file():
-            print(f"[{k}/{len(todo)}] {name}: done already ({run_dir / 'metrics.json'})", flush=True)
+        if (run_dir / METRICS_FILE).is_file():
+            print(f"[{k}/{len(todo)}] {name}: done already ({run_dir / METRICS_FILE})", flush=True)
             continue
         cmd = finetune_command(a.nproc) + ["--task", a.task, f"--finetune.train_samples={n}", f"--finetune.seed={s}",
                                            f"--train.run_dir={run_dir}", *passthrough]
