@@ -26,7 +26,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gptscale.config import ConfigError, FinetuneConfig, RunConfig, TrainConfig, field_docs, given_keys, load_config
+from gptscale.config import (
+    ConfigError,
+    FinetuneConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    field_docs,
+    given_keys,
+    load_config,
+)
 from gptscale.config_types import flag_value
 from gptscale.errors import GptscaleError
 from gptscale.runtime.dist import device
@@ -37,6 +46,7 @@ from gptscale.tasks import Example, Task, collate, compute_metrics, encode_examp
 from gptscale.tasks.heads import TaskModel, load_init, predictions, reinit_after, task_loss
 from gptscale.tasks.predict import save_task_model
 from gptscale.tasks.registry import task_for
+from gptscale.tokenizer import Tokenizer
 
 MODEL_DIR = "model"
 """The best epoch's fine-tuned model folder inside the run folder."""
@@ -144,8 +154,8 @@ class Fit:
     run: Run
     engine: Any
     task: Task
-    tok: Any
-    model_cfg: Any
+    tok: Tokenizer
+    model_cfg: ModelConfig
     train: Split
     dev: Split
     extra: list[Split]
