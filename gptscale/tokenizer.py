@@ -262,7 +262,7 @@ def _canonical_model(data: bytes) -> bytes:
     """Drop ``num_threads`` from the model's recorded trainer_spec: the pieces do not depend on it, so the
     bytes (and the hash) should not either. Unchanged if sentencepiece's protobuf module is unavailable."""
     try:
-        from sentencepiece import sentencepiece_model_pb2 as pb
+        from sentencepiece import sentencepiece_model_pb2 as pb  # needs protobuf, an optional dependency
     except ImportError:  # protobuf missing: same bytes for the same --threads only
         return data
     proto = pb.ModelProto()
