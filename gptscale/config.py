@@ -21,6 +21,7 @@ import yaml
 
 from gptscale.config_types import (  # noqa: F401 (ConfigError and field_docs are re-exported)
     ConfigError,
+    check_ranges,
     coerce,
     field_docs,
     parse_overrides,
@@ -70,16 +71,13 @@ class ModelConfig:
     """Recompute each block's activations in backward instead of storing them (training only)."""
 
     def __post_init__(self) -> None:
-        for key in ("vocab_size", "n_ctx", "n_layer", "n_head", "d_model", "d_ff"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"model.{key} must be > 0, got {getattr(self, key)}")
+        check_ranges(self, "model", {k: ">= 1" for k in ("vocab_size", "n_ctx", "n_layer", "n_head", "d_model", "d_ff")})
+        check_ranges(self, "model", {"dropout": ">= 0, < 1", "layer_norm_eps": "> 0", "init_std": ">= 0"})
         if self.d_model % self.n_head:
             raise ConfigError(
                 f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}; "
                 f"pick n_head among {[h for h in range(1, 129) if self.d_model % h == 0][-6:]}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def head_dim(self) -> int:
@@ -145,6 +143,9 @@ class DataConfig:
     copies each; workers add inter-process copies)."""
     verify_shards: bool = True
     """sha256-check each shard against manifest.json when first opened (false skips the read)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "data", {"seq_len": ">= 1", "shuffle_window": ">= 1", "num_workers": ">= 0"})
 
 
 @dataclass
@@ -215,6 +216,16 @@ class TrainConfig:
     trackers: str = "console,jsonl,tensorboard"
     """Comma-separated monitoring sinks of gptscale.runtime.monitor.SINKS (both loops)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, "train", {
+            "micro_batch_size": ">= 1", "grad_accum_steps": ">= 1", "global_batch_size": ">= 1", "lr": "> 0",
+            "min_lr": ">= 0", "warmup_steps": ">= 0", "max_steps": ">= 1", "max_tokens": ">= 1",
+            "weight_decay": ">= 0", "beta1": ">= 0, < 1", "beta2": ">= 0, < 1", "eps": "> 0", "grad_clip": ">= 0",
+            "log_interval": ">= 1", "eval_interval": ">= 0", "eval_steps": ">= 1", "checkpoint_interval": ">= 1",
+            "keep_last": ">= 1", "peak_tflops": "> 0", "max_bad_steps": ">= 1"})
+        if self.min_lr > self.lr:
+            raise ConfigError(f"train.min_lr={self.min_lr} is above train.lr={self.lr}: the decay ends at min_lr")
+
 
 @dataclass
 class FinetuneConfig:
@@ -274,6 +285,12 @@ class FinetuneConfig:
     label_names: str = ""
     """custom task: comma-separated class names in label-id order; empty: inferred from the train labels."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, "finetune", {
+            "lr": "> 0", "batch_size": ">= 1", "micro_batch_size": ">= 1", "epochs": ">= 1",
+            "warmup_fraction": ">= 0, < 1", "lm_coef": ">= 0", "clf_dropout": ">= 0, < 1", "weight_decay": ">= 0",
+            "grad_clip": ">= 0", "train_samples": ">= 1", "transfer_layers": ">= 0", "eval_samples": ">= 1"})
+
 
 @dataclass
 class RunConfig:
@@ -316,7 +333,13 @@ def build_section(cls: type, values: dict[str, tuple[Any, str]], section: str) -
             raise unknown_key(key, names, where, prefix=f"{section}.")
         if key != "preset":
             kwargs[key] = coerce(raw, hints[key], f"{section}.{key}", where)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a range check: say where the value came from
+        key = getattr(e, "key", None)
+        if key in values:
+            raise ConfigError(f"{values[key][1]}: {e}") from None
+        raise
 
 
 def model_config(preset: str = "gpt1", **overrides: Any) -> ModelConfig:

@@ -193,3 +193,24 @@ def parse_overrides(argv: list[str], sections: list[str]) -> tuple[str | None, L
             rest.append(argv[i])
         i += 1
     return config_file, overrides, rest
+
+
+# ------------------------------------------------------------------------------------------ ranges
+
+_OPS = {">": lambda v, b: v > b, ">=": lambda v, b: v >= b, "<": lambda v, b: v < b, "<=": lambda v, b: v <= b}
+
+
+def check_ranges(obj: Any, section: str, ranges: dict[str, str]) -> None:
+    """Refuse a value outside its range: ``{"lr": "> 0", "dropout": ">= 0, < 1"}``; None (an unset optional
+    key) passes. The ConfigError names the key, the value and the range (read from the file or flag, so it
+    comes before any compute and exits 2)."""
+    for key, spec in ranges.items():
+        value = getattr(obj, key)
+        if value is None:
+            continue
+        for cond in spec.split(","):
+            op, bound = cond.split()
+            if not _OPS[op](value, float(bound)):
+                err = ConfigError(f"{section}.{key}={value!r} is out of range: it must be {spec.replace(',', ' and')}")
+                err.key = key  # build_section names the file or flag it came from
+                raise err

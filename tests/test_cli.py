@@ -52,3 +52,11 @@ def test_hf_check(tmp_path, preset):
     p = run("hf-check", f"--model.preset={preset}", "--out", str(tmp_path / "hf"))
     assert "greedy tokens equal: True" in p.stdout
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("cmd", [["pretrain"], ["finetune", "--task", "rte"]])
+def test_out_of_range_values_stop_both_loops_before_any_compute(cmd, tmp_path):
+    p = run(*cmd, "--train.log_interval=0", f"--train.run_dir={tmp_path / 'run'}", check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert f"gptscale {cmd[0]}: error: flag --train.log_interval: train.log_interval=0 is out of range" in p.stderr
+    assert not (tmp_path / "run").exists()  # nothing was started

@@ -1,6 +1,7 @@
 """Config: precedence, presets, and errors that name the key and its nearest valid spelling."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -97,3 +98,32 @@ def test_all_presets_build_and_roundtrip_through_dict():
     for name in PRESETS:
         c = model_config(name)
         assert from_dict(ModelConfig, to_dict(c)) == c
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--train.max_steps=-5", "train.max_steps=-5 is out of range: it must be >= 1"),  # "succeeded" training nothing
+    ("--train.eval_steps=0", "train.eval_steps=0 is out of range"),                   # logged val loss nan
+    ("--train.checkpoint_interval=0", "train.checkpoint_interval=0 is out of range"),  # ZeroDivisionError at step 1
+    ("--train.log_interval=0", "train.log_interval=0 is out of range"),                # ZeroDivisionError at step 1
+    ("--train.lr=-1", "train.lr=-1.0 is out of range: it must be > 0"),
+    ("--train.micro_batch_size=0", "train.micro_batch_size=0 is out of range"),
+    ("--train.beta2=1", "train.beta2=1.0 is out of range: it must be >= 0 and < 1"),
+    ("--finetune.epochs=0", "finetune.epochs=0 is out of range"),
+    ("--finetune.warmup_fraction=1.5", "finetune.warmup_fraction=1.5 is out of range"),
+    ("--data.seq_len=0", "data.seq_len=0 is out of range"),
+    ("--model.dropout=1", "model.dropout=1.0 is out of range"),
+])
+def test_values_are_range_checked_where_they_are_read(flag, message):
+    with pytest.raises(ConfigError, match=f"^flag {flag.split('=')[0]}: {re.escape(message)}"):
+        load_config([flag])
+
+
+def test_range_errors_name_the_file_and_leave_unset_optionals_alone(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("train:\n  keep_last: 0\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(f))}: train.keep_last=0 is out of range"):
+        load_config(["--config", str(f)])
+    cfg, _ = load_config(["--train.eval_interval=0", "--train.max_tokens=none", "--train.min_lr=2.5e-4"])
+    assert cfg.train.eval_interval == 0 and cfg.train.max_tokens is None  # 0 disables evaluation; None is unset
+    with pytest.raises(ConfigError, match="train.min_lr=0.001 is above train.lr=0.00025"):
+        load_config(["--train.min_lr=1e-3"])
