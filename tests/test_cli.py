@@ -60,3 +60,16 @@ def test_out_of_range_values_stop_both_loops_before_any_compute(cmd, tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert f"gptscale {cmd[0]}: error: flag --train.log_interval: train.log_interval=0 is out of range" in p.stderr
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_hf_check_replaces_its_own_output_but_never_a_users_folder(tmp_path):
+    """Issue 13 item 3: `gptscale hf-check --out DIR` deleted whatever DIR held (a run folder, checkpoints)."""
+    out = tmp_path / "hf"
+    run("hf-check", "--model.preset=gpt2-tiny", "--out", str(out))
+    run("hf-check", "--model.preset=gpt2-tiny", "--out", str(out))  # its own folder: replaced
+    user = tmp_path / "run"
+    (user / "checkpoints").mkdir(parents=True)
+    (user / "checkpoints" / "latest").write_text("step_00000100")
+    p = run("hf-check", "--model.preset=gpt2-tiny", "--out", str(user), check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "is never replaced" in p.stderr
+    assert (user / "checkpoints" / "latest").read_text() == "step_00000100"

@@ -127,15 +127,20 @@ def test_export_refuses_to_clobber_and_is_atomic(tmp_path, monkeypatch):
     (out / "keep.txt").write_text("user file")
     with pytest.raises(FileExistsError, match="overwrite"):
         export_hf(ours, out)
+    with pytest.raises(FileExistsError, match="not a hf-model folder gptscale wrote"):
+        export_hf(ours, out, overwrite=True)  # a folder of the user's is never replaced
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    first = export_hf(ours, tmp_path / "ours")
+    before = sorted(p.name for p in first.iterdir())
 
     def boom(*a, **k):
         raise OSError("disk full")
 
     monkeypatch.setattr(convert, "save_file", boom)  # the weights write fails half-way through the export
     with pytest.raises(OSError, match="disk full"):
-        export_hf(ours, out, overwrite=True)
-    assert (out / "keep.txt").read_text() == "user file"  # the old folder survives a failed export
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+        export_hf(ours, first, overwrite=True)
+    assert sorted(p.name for p in first.iterdir()) == before  # the old export survives a failed one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "ours"]
 
 
 def test_loads_a_folder_saved_by_transformers(tmp_path):

@@ -265,12 +265,12 @@ def test_failed_export_leaves_nothing_half_written(runs, tmp_path, tok_dir):
     with pytest.raises(ExportError, match="sha256"):
         export_checkpoint(runs["z0"], out, tokenizer=bad_tok)
     assert list((tmp_path / "exports").iterdir()) == []
-    out.mkdir()
-    (out / "keep.txt").write_text("old export")
+    export_checkpoint(runs["z0"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(ExportError, match="sha256"):
         export_checkpoint(runs["z0"], out, overwrite=True, tokenizer=bad_tok)
     assert [p.name for p in (tmp_path / "exports").iterdir()] == ["hf"]
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_export_refuses_mismatched_tokenizer(runs, tmp_path, tok_dir):
@@ -290,3 +290,20 @@ def test_cli(runs, tmp_path, capsys):
     assert cli_export([str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gptscale export: error:") and str(tmp_path / "missing") in err
+
+
+def test_overwrite_never_replaces_the_source_or_a_users_folder(runs, tmp_path, capsys):
+    """Issue 13 item 3: `export RUN --out RUN --overwrite` deleted its own source; --overwrite replaced any folder."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["z2"], run)
+    listing = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    for out in (run, run / "checkpoints", run / "checkpoints" / TAG, run / "checkpoints" / TAG / "hf"):
+        assert cli_export([str(run), "--out", str(out), "--overwrite"]) == 2
+        assert "overlap" in capsys.readouterr().err
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "todo.txt").write_text("mine")
+    assert cli_export([str(run), "--out", str(mine), "--overwrite"]) == 2
+    assert "never replaced" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == listing  # nothing of the run was touched
+    assert (mine / "todo.txt").read_text() == "mine"

@@ -195,7 +195,7 @@ def from_hf_model(hf) -> GPT:
 
 def export_hf(model: GPT, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write an HF folder (config.json, model.safetensors) loadable by AutoModelForCausalLM, atomically."""
-    with atomic_dir(out_dir, overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite, kind="hf-model") as tmp:
         write_hf(model, tmp)
     return Path(out_dir)
 

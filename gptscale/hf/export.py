@@ -30,10 +30,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 
 from gptscale.config import ModelConfig, load_config
 from gptscale.errors import GptscaleError, run_cli
-from gptscale.files import atomic_dir
+from gptscale.files import atomic_dir, check_output
 from gptscale.hf.convert import check_hf_folder, export_hf, write_hf
 from gptscale.model import GPT
-from gptscale.runtime.checkpoint import META_FILE, load_model
+from gptscale.runtime.checkpoint import META_FILE, load_model, resolve
 from gptscale.tokenizer import Tokenizer, TokenizerError
 from gptscale.tokenizer_hf import copy_hf_tokenizer, write_sentencepiece_as_hf
 
@@ -54,21 +54,16 @@ def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False
     ``overwrite``.
     """
     out = Path(out)
-    _check_out(out, overwrite)  # before loading the checkpoint: fail fast
-    model, meta = load_model(path, tag)
+    ckpts, tag = resolve(path, tag)
+    source = (ckpts / tag,)
+    check_output(out, overwrite, "hf-model", source)  # before loading the checkpoint: fail fast
+    model, meta = load_model(ckpts, tag)
     tok_dir = _tokenizer_dir(tokenizer, meta, Path(meta["checkpoint"]))
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite, "hf-model", source) as tmp:
         write_hf(model, tmp)
         specials = write_tokenizer(tok_dir, tmp, model.cfg) if tok_dir is not None else {}
         _write_generation_files(tmp, specials, meta)
     return out
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
 
 
 def _tokenizer_dir(override: str | Path | None, meta: dict[str, Any], tag_dir: Path) -> Path | None:
@@ -137,7 +132,8 @@ def cli_export(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="output folder (config.json, model.safetensors, tokenizer)")
     parser.add_argument("--tag", default=None, help="checkpoint tag to export instead of the latest")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the one in gptscale.json)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it is an HF folder gptscale "
+                        "wrote (never any other folder, never the checkpoint's own)")
     parser.add_argument("--verify", action="store_true", help="load the export with transformers.AutoModelForCausalLM "
                         "and compare logits and greedy generation with the checkpoint's model")
     args = parser.parse_args(argv)
@@ -164,14 +160,15 @@ def cli_hf_check(argv: list[str]) -> int:
     """Build the configured model (seeded random init), export it as a Hugging Face folder, load that with
     transformers.AutoModelForCausalLM and compare logits and greedy generation with ours."""
     parser = argparse.ArgumentParser(prog="gptscale hf-check", description=cli_hf_check.__doc__)
-    parser.add_argument("--out", required=True, help="folder to write the HF export to (replaced if present)")
+    parser.add_argument("--out", required=True, help="folder to write the HF export to (replaced if it is one "
+                        "gptscale wrote; any other non-empty folder is refused)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tol", type=float, default=1e-4, help="max-abs logit difference allowed")
     cfg, rest = load_config(argv)
     args = parser.parse_args(rest)
     torch.manual_seed(args.seed)
     model = GPT(cfg.model).eval()
-    out = export_hf(model, args.out, overwrite=True)
+    out = export_hf(model, args.out, overwrite=True)  # replaces only an HF folder gptscale wrote
     report = check_hf_folder(model, out)
     print(f"{cfg.model.preset}: {model.num_params() / 1e6:.1f}M params -> {out} ({report['hf_class']}); "
           f"max |logits diff| {report['max_abs_diff']:.2e}; greedy tokens equal: {report['generate_equal']}")

@@ -52,7 +52,7 @@ def save_task_model(out: Path, state: dict[str, torch.Tensor], model_cfg, task: 
     """Write the fine-tuned model folder from a TaskModel state dict (keys `gpt.*`, `head.*`), atomically."""
     gpt = GPT(model_cfg)
     gpt.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("gpt.")}, strict=True)
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, kind="task-model") as tmp:
         write_hf(gpt, tmp)
         save_hf(tok, tmp, model_cfg.n_ctx)
         save_file({k: state[k].contiguous() for k in ("head.weight", "head.bias")}, str(tmp / HEAD_FILE))
