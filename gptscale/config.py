@@ -356,21 +356,24 @@ def config_layers(argv: list[str] | None) -> tuple[list[dict[str, dict[str, tupl
     return ([read_config_file(config_file, list(SECTIONS))] if config_file else []) + [overrides], rest
 
 
-def given_keys(argv: list[str] | None) -> set[str]:
-    """'section.key' of every key argv sets (in its --config file or as a flag), defaults and presets aside."""
-    return {f"{section}.{key}" for layer in config_layers(argv)[0] for section, keys in layer.items() for key in keys}
-
-
 def load_config(argv: list[str] | None = None) -> tuple[RunConfig, list[str]]:
     """Resolve defaults < preset < file < CLI into a RunConfig; return it with the unparsed args."""
+    cfg, rest, _ = load_config_and_keys(argv)
+    return cfg, rest
+
+
+def load_config_and_keys(argv: list[str] | None) -> tuple[RunConfig, list[str], set[str]]:
+    """load_config, plus the 'section.key' of every key argv sets (in its --config file or as a flag),
+    defaults and presets aside."""
     layers, rest = config_layers(argv)
+    given = {f"{section}.{key}" for layer in layers for section, keys in layer.items() for key in keys}
     sections = {}
     for section, cls in SECTIONS.items():
         merged: dict[str, tuple[Any, str]] = {}
         for layer in layers:
             merged.update(layer.get(section, {}))
         sections[section] = build_section(cls, merged, section)
-    return RunConfig(**sections), rest
+    return RunConfig(**sections), rest, given
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -33,8 +33,7 @@ from gptscale.config import (
     RunConfig,
     TrainConfig,
     field_docs,
-    given_keys,
-    load_config,
+    load_config_and_keys,
 )
 from gptscale.config_types import flag_value
 from gptscale.errors import GptscaleError
@@ -319,9 +318,8 @@ def resolve(argv: list[str]) -> RunConfig:
     train.run_dir left at its default becomes runs/finetune/TASK. Unknown flags, and train.* keys that
     fine-tuning does not read, are errors."""
     argv = expand_flags(argv)
-    cfg, rest = load_config(argv)
-    for key in sorted(k for k in given_keys(argv) if k.partition(".")[2] in TRAIN_KEYS_NOT_READ
-                      and k.startswith("train.")):
+    cfg, rest, given = load_config_and_keys(argv)
+    for key in sorted(k for k in given if k.startswith("train.") and k.partition(".")[2] in TRAIN_KEYS_NOT_READ):
         raise ConfigError(f"{key}: fine-tuning does not read it (its recipe is the finetune section); set "
                           f"{TRAIN_KEYS_NOT_READ[key.partition('.')[2]]}")
     docs = field_docs(FinetuneConfig)

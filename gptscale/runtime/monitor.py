@@ -24,6 +24,8 @@ import psutil
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from gptscale.config_types import ConfigError
+
 # Dense peak TFLOP/s per device for the MFU denominator (bf16/fp16 tensor cores; fp32 uses the TF32 figure).
 PEAK_TFLOPS = {
     "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 494.5},
@@ -131,11 +133,11 @@ SINKS: dict[str, type[Sink]] = {"console": ConsoleSink, "jsonl": JsonlSink, "ten
 
 
 def sink_names(spec: str) -> list[str]:
-    """'console,jsonl' -> ['console', 'jsonl'], each checked against SINKS (ValueError naming the unknown)."""
+    """train.trackers 'console,jsonl' -> ['console', 'jsonl'], each checked against SINKS (ConfigError)."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in SINKS]
     if unknown:
-        raise ValueError(f"unknown tracker(s) {unknown}; choose from {', '.join(SINKS)}")
+        raise ConfigError(f"train.trackers={spec!r}: unknown tracker(s) {unknown}; choose from {', '.join(SINKS)}")
     return names
 
 

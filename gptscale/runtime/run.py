@@ -20,7 +20,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from gptscale.config import ConfigError, RunConfig, dump_yaml
+from gptscale.config import RunConfig, dump_yaml
 from gptscale.errors import run_cli
 from gptscale.files import atomic_write_bytes
 from gptscale.runtime.dist import init_distributed, shutdown
@@ -47,10 +47,7 @@ class Run:
 def start_run(cfg: RunConfig) -> Run:
     """Join the process group, create the run folder with its config.yaml (rank 0, atomically; every rank
     waits for it) and open the monitor's sinks (train.trackers)."""
-    try:
-        sinks = sink_names(cfg.train.trackers)
-    except ValueError as e:
-        raise ConfigError(f"train.trackers={cfg.train.trackers!r}: {e}") from None
+    sinks = sink_names(cfg.train.trackers)
     rank, world, local = init_distributed()
     run_dir = Path(cfg.train.run_dir)
     if rank == 0:
