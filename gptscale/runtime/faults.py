@@ -15,6 +15,10 @@ anything. The hooks:
   preempt a run mid-way however fast its steps are.
 - ``kill_after_shard=SPLIT:N``: ``gptscale shard`` SIGKILLs itself right after shard N of SPLIT is renamed
   into place, before its journal records it: a crash between two atomic writes.
+- ``kill_at=LABEL[:N]``: the process SIGKILLs itself the Nth time (default 1st) it passes the labelled point
+  ``point(LABEL)``; ``kill_job_at=LABEL[:N]`` SIGKILLs its whole process group there instead (every rank
+  and the launcher: the whole job dying at that instant). ``LABELS`` lists every point, so a test can take
+  each in turn; code marks a point with ``faults.point("ckpt.after_model_states")``.
 
 An unknown name is an error, so a misspelt hook in a test fails loudly instead of testing nothing.
 """
@@ -28,7 +32,11 @@ import time
 from collections.abc import Callable
 
 ENV = "GPTSCALE_FAULTS"
-HOOKS = ("nan_micro", "kill_after_checkpoint", "preempt_at_step", "preempt_wait_at_step", "kill_after_shard")
+HOOKS = ("nan_micro", "kill_after_checkpoint", "preempt_at_step", "preempt_wait_at_step", "kill_after_shard",
+         "kill_at", "kill_job_at")
+LABELS: dict[str, str] = {}
+"""Every labelled kill point: label -> where it is (filled by `label` at import of the module that has it)."""
+_passed: dict[str, int] = {}
 
 
 def spec(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -74,6 +82,27 @@ def after_shard(split: str, n_written: int) -> None:
     """``kill_after_shard``: the shard writer kills itself after shard `n_written` of `split`."""
     if spec().get("kill_after_shard") == f"{split}:{n_written}":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def label(name: str, where: str) -> str:
+    """Declare the kill point `name` (module level, next to the code that passes it); returns `name`."""
+    LABELS[name] = where
+    return name
+
+
+def point(name: str) -> None:
+    """A labelled point: ``kill_at`` / ``kill_job_at`` naming it SIGKILL here on its Nth pass."""
+    if ENV not in os.environ:
+        return
+    if name not in LABELS:
+        raise ValueError(f"fault point {name!r} was not declared with faults.label")
+    _passed[name] = _passed.get(name, 0) + 1
+    for hook, kill in (("kill_at", lambda: os.kill(os.getpid(), signal.SIGKILL)), ("kill_job_at", kill_group)):
+        want = spec().get(hook)
+        if want:
+            target, _, nth = want.partition(":")
+            if target == name and _passed[name] == int(nth or 1):
+                kill()
 
 
 class PreemptFaults:
