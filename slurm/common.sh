@@ -30,32 +30,30 @@ gptscale_launch() {
         gptscale_die "'$py' not found on $(hostname): set GPTSCALE_PYTHON=/path/to/python or GPTSCALE_VENV=DIR"
     export PYTHONPATH="$GPTSCALE_REPO${PYTHONPATH:+:$PYTHONPATH}"
 
+    # Rendezvous (first host, port from the job id and restart count, GPTSCALE_MASTER_ADDR/PORT), stale
+    # RANK/WORLD_SIZE/... dropped, NCCL/OMP defaults where unset, srun's flags, one task per GPU, GPTSCALE_ARGS
+    # split by shell quoting rules (never evaluated: `$(...)` stays text): gptscale/runtime/dist.py (slurm_env)
+    # prints them as shell-quoted lines and exits 2 with a message where a rule is broken.
+    local setup srun_opts=() gptscale_args=() gpus=${SLURM_GPUS_ON_NODE:-0}
+    setup=$("$py" -m gptscale.runtime.dist slurm-env "$sub") || exit $?
+    eval "$setup"
+
     # Config file and overrides: `sbatch slurm/$sub.sh [CONFIG] [--k=v ...]`, else GPTSCALE_CONFIG / GPTSCALE_ARGS.
-    local args=()
+    local args=() shown
     if [[ $# -gt 0 && $1 != -* ]]; then
         args+=(--config "$1")
         shift
     elif [[ -n ${GPTSCALE_CONFIG:-} ]]; then
         args+=(--config "$GPTSCALE_CONFIG")
     fi
-    if [[ -n ${GPTSCALE_ARGS:-} ]]; then
-        local extra
-        read -r -a extra <<<"$GPTSCALE_ARGS"
-        args+=("${extra[@]}")
-    fi
+    args+=("${gptscale_args[@]}")  # GPTSCALE_ARGS="--train.run_dir='my run'": one argument, quotes removed
     args+=("$@")  # command-line overrides come last: they win
-
-    # Rendezvous (first host, port from the job id, GPTSCALE_MASTER_ADDR/PORT), stale RANK/WORLD_SIZE/... dropped,
-    # NCCL/OMP defaults where unset, srun's flags, one task per GPU: gptscale/runtime/dist.py (slurm_env) sets
-    # them and exits 2 with a message where a rule is broken.
-    local setup srun_opts=() gpus=${SLURM_GPUS_ON_NODE:-0}
-    setup=$("$py" -m gptscale.runtime.dist slurm-env "$sub") || exit $?
-    eval "$setup"
 
     echo "gptscale-slurm: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) $sub on ${SLURM_JOB_NUM_NODES:-1}" \
         "node(s) [$SLURM_JOB_NODELIST], ${SLURM_NTASKS:-1} task(s), $gpus GPU(s)/node," \
         "master $MASTER_ADDR:$MASTER_PORT, python $(command -v "$py"), cwd $PWD"
-    echo "gptscale-slurm: $py -m gptscale $sub ${args[*]}"
+    printf -v shown ' %q' "$sub" "${args[@]}"  # each argument as the shell would need it typed
+    echo "gptscale-slurm: $py -m gptscale$shown"
 
     # srun: every task gets SLURM_PROCID/NTASKS/LOCALID; gptscale.runtime.dist turns them into RANK/WORLD_SIZE/LOCAL_RANK.
     if [[ $sub == pretrain ]]; then

@@ -4,7 +4,8 @@
 #
 #   sbatch slurm/pretrain.sh run.yaml [--train.lr=3e-4 ...]
 #   sbatch --nodes=4 --time=48:00:00 --partition=gpu slurm/pretrain.sh run.yaml      # flags override the defaults
-#   GPTSCALE_CONFIG=run.yaml GPTSCALE_ARGS="--train.max_steps=1000" sbatch slurm/pretrain.sh
+#   GPTSCALE_CONFIG=run.yaml GPTSCALE_ARGS="--train.max_steps=1000 --train.run_dir='runs/my run'" sbatch slurm/pretrain.sh
+#   (GPTSCALE_ARGS is split by shell quoting rules, quotes removed; nothing in it is expanded or run)
 #
 # Change GPUs and tasks together (one task per GPU): sbatch --gpus-per-node=4 --ntasks-per-node=4 ...
 # Before the time limit (and on `scancel --signal=USR2 JOBID`) the run checkpoints at the next step boundary

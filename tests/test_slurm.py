@@ -7,11 +7,13 @@ checkout); only the size flags differ from a GPU cluster (1 task and 1 fake GPU 
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
 
-from helpers import REPO, fault_env, losses
+from gptscale.runtime.dist import slurm_port
+from helpers import REPO, base_config, fault_env, losses
 
 pytest_plugins = ["slurm_cluster"]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -32,7 +34,7 @@ def test_sbatch_pretrain_on_two_nodes(slurm_cluster, slurm_pretrain_reference):
 
     jid, run, log, _ = slurm_pretrain_reference
     assert f"job {jid} (restart 0) pretrain on 2 node(s) [node[1-2]], 2 task(s), 1 GPU(s)/node" in log
-    assert f"master node1:{10000 + int(jid) % 50000}" in log
+    assert f"master node1:{slurm_port(jid)}" in log  # the nodes share this machine's ephemeral port range
     assert "world 2," in log and "done: step 8" in log
     assert slurm_cluster.sacct_states(jid) == ["COMPLETED"]
     steps = _steps(slurm_cluster, jid)
@@ -50,6 +52,44 @@ def test_sbatch_pretrain_on_two_nodes(slurm_cluster, slurm_pretrain_reference):
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 9))
     assert [round(e.value, 5) for e in acc.Scalars("train/loss")] == [round(ref[s], 5) for s in range(1, 9)]
     assert [e.step for e in acc.Scalars("val/loss")] == [4, 8]
+
+
+def test_gptscale_args_with_a_quoted_space_reach_the_run_as_one_argument(slurm_cluster, slurm_pretrain_reference,
+                                                                         tmp_path):
+    """GPTSCALE_ARGS="--train.run_dir='.../my run' ..." (shell quoting): the run writes into the folder `my run`."""
+    _, _, _, cfg = slurm_pretrain_reference
+    log = tmp_path / "job.out"
+    run = tmp_path / "my run"
+    args = f"--train.run_dir='{run}' --train.max_steps=2 --train.eval_interval=0 --train.checkpoint_interval=2"
+    jid = slurm_cluster.sbatch(["--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=1", "--cpus-per-task=1",
+                                "--time=10", f"--output={log}", "slurm/pretrain.sh", str(cfg)],
+                               env=slurm_cluster.job_env(GPTSCALE_ARGS=args), cwd=REPO)
+    info = slurm_cluster.wait_job(jid, timeout=300)
+    text = log.read_text(errors="replace")
+    assert info["JobState"] == "COMPLETED", text[-5000:]
+    assert "--train.run_dir=" + str(run).replace(" ", "\\ ") + " --train.max_steps=2" in text
+    assert sorted(losses(run)) == [1, 2] and (run / "checkpoints" / "latest").read_text() == "step_00000002"
+    assert not (tmp_path / "my").exists()
+
+
+def test_a_busy_master_port_fails_the_job_with_one_message(slurm_cluster, tmp_path, shard_dir, tok_dir):
+    """2 nodes x 1 task, the rendezvous port held by another socket on node1: rank 0 says so once, srun ends the
+    other rank (--kill-on-bad-exit), the job fails at once instead of hanging; rank 0's exit status is 2."""
+    cfg = base_config(tmp_path, shard_dir, tok_dir)
+    log = tmp_path / "job.out"
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        jid = slurm_cluster.sbatch([*TWO_NODES, f"--output={log}", "slurm/pretrain.sh", str(cfg)],
+                                   env=slurm_cluster.job_env(GPTSCALE_MASTER_PORT=str(port)), cwd=REPO)
+        info = slurm_cluster.wait_job(jid, timeout=300)
+    text = log.read_text(errors="replace")
+    assert info["JobState"] == "FAILED", text[-5000:]
+    assert "node1: task 0: Exited with exit code 2" in text  # the job's own status is srun's (143: rank 1 ended)
+    assert text.count(f"gptscale pretrain: error: MASTER_PORT={port} is already in use on node1 (rank 0") == 1
+    assert "GPTSCALE_MASTER_PORT=" in text and "Traceback" not in text, text[-5000:]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_usr2_from_slurm_checkpoints_requeues_and_resumes_exactly(slurm_cluster, slurm_pretrain_reference,
@@ -71,6 +111,7 @@ def test_usr2_from_slurm_checkpoints_requeues_and_resumes_exactly(slurm_cluster,
     assert info["Restarts"] == "1"
     assert "preempted at step 3" in text and f"job {jid} requeued" in text
     assert f"job {jid} (restart 1)" in text and "resumed from" in text and "at step 3" in text
+    assert f"master node1:{slurm_port(jid, 0)}" in text and f"master node1:{slurm_port(jid, 1)}" in text  # moved
     assert slurm_cluster.sacct_states(jid) == ["REQUEUED", "COMPLETED"]
     got, ref = losses(run), losses(ref_run)
     assert sorted(got) == list(range(1, 9))

@@ -5,7 +5,8 @@ pdsh or ssh: RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT are take
 derived from SLURM_* (srun), else a single local process. The rules, one function each:
 
 - rendezvous of a Slurm job: `master_addr`, `master_port` (GPTSCALE_MASTER_ADDR / GPTSCALE_MASTER_PORT, else
-  the first host of the allocation and 10000 + job id % 50000);
+  the first host of the allocation and `slurm_port`: from the job id and restart count, outside the ephemeral
+  port range);
 - `drop_stale`: RANK / WORLD_SIZE / ... exported from the submitting shell never reach a job's tasks;
 - `env_defaults`: NCCL / OMP / PYTHONUNBUFFERED / DS_ACCELERATOR, only where the user set nothing;
 - `srun_options`: the flags of every srun that starts ranks;
@@ -72,9 +73,49 @@ def first_slurm_host(nodelist: str) -> str:
     return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
 
 
-def slurm_port(job_id: str) -> int:
-    """A port derived from the job id, so all tasks of a job agree without talking (10000-59999)."""
-    return 10000 + int(re.sub(r"\D", "", job_id) or 0) % 50000
+PORT_FLOOR = 10000
+"""Derived ports lie in PORT_FLOOR-65535, outside the ephemeral range (below 10000 live many well-known services)."""
+EPHEMERAL_DEFAULT = (32768, 60999)
+"""Linux's default net.ipv4.ip_local_port_range, used where /proc does not tell (another OS, a container)."""
+EPHEMERAL_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+RESTART_STRIDE = 7919
+"""How far (in candidate ports, a prime) each requeue of a job moves its derived port."""
+
+
+def ephemeral_range(path: str = EPHEMERAL_FILE) -> tuple[int, int]:
+    """The ports the OS hands out for outgoing connections (any of them can be taken by a client socket at any
+    moment): this host's net.ipv4.ip_local_port_range, else EPHEMERAL_DEFAULT."""
+    try:
+        with open(path) as f:
+            lo, hi = (int(x) for x in f.read().split()[:2])
+    except (OSError, ValueError):
+        return EPHEMERAL_DEFAULT
+    return (lo, hi) if 0 < lo <= hi < 65536 else EPHEMERAL_DEFAULT
+
+
+def port_ranges(ephemeral: tuple[int, int]) -> list[range]:
+    """The ports a job may derive: PORT_FLOOR-65535 without the ephemeral range (1024-65535 without it where
+    that leaves nothing; the whole PORT_FLOOR-65535 where even that is empty)."""
+    lo, hi = ephemeral
+    for floor in (PORT_FLOOR, 1024):
+        ranges = [r for r in (range(floor, min(lo, 65536)), range(max(hi + 1, floor), 65536)) if len(r)]
+        if ranges:
+            return ranges
+    return [range(PORT_FLOOR, 65536)]
+
+
+def slurm_port(job_id: str, restart: int | str = 0, ephemeral: tuple[int, int] | None = None) -> int:
+    """A port derived from the job id and its restart count (SLURM_RESTART_COUNT), so all tasks of a job agree
+    without talking (on nodes that share an ip_local_port_range, as a cluster's do), outside the ephemeral range,
+    jobs with nearby ids get different ports, and a requeued job does not retry the port its previous run held."""
+    ranges = port_ranges(ephemeral_range() if ephemeral is None else ephemeral)
+    total = sum(len(r) for r in ranges)
+    index = (int(re.sub(r"\D", "", job_id) or 0) + (_int(str(restart)) or 0) * RESTART_STRIDE) % total
+    for r in ranges:
+        if index < len(r):
+            return r[index]
+        index -= len(r)
+    raise AssertionError("unreachable: index < total")
 
 
 def master_addr(env: Mapping[str, str]) -> str:
@@ -86,10 +127,11 @@ def master_addr(env: Mapping[str, str]) -> str:
 
 def master_port(env: Mapping[str, str]) -> int:
     """MASTER_PORT of a Slurm job: GPTSCALE_MASTER_PORT where set (a free port where another job on the first
-    node got the same derived one), else slurm_port(SLURM_JOB_ID), the same on every task and after a requeue."""
+    node got the same derived one), else slurm_port(SLURM_JOB_ID, SLURM_RESTART_COUNT): the same on every task
+    of one run, another one after a requeue."""
     text = env.get("GPTSCALE_MASTER_PORT", "")
     if not text:
-        return slurm_port(env.get("SLURM_JOB_ID", "0"))
+        return slurm_port(env.get("SLURM_JOB_ID", "0"), env.get("SLURM_RESTART_COUNT", "0"))
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise LaunchError(f"GPTSCALE_MASTER_PORT={text!r} is not a TCP port: set it to a number in 1-65535")
     return int(text)
@@ -182,10 +224,22 @@ def _int(text: str | None) -> int | None:
     return int(m.group()) if m else None
 
 
+def split_args(text: str, name: str = "GPTSCALE_ARGS") -> list[str]:
+    """`text` split into arguments by the shell's quoting rules (shlex, POSIX mode): quotes group words and are
+    removed, a backslash escapes; nothing is expanded or run ($VAR, $(...), globs reach the program as written).
+    Unbalanced quotes are a LaunchError naming `name`."""
+    try:
+        return shlex.split(text)
+    except ValueError as e:  # "No closing quotation", "No escaped character"
+        raise LaunchError(f"{name}={text!r}: {e}; balance the quotes, e.g. {name}=\"--train.run_dir='my run' "
+                          f"--train.lr=3e-4\"") from None
+
+
 def slurm_env(env: Mapping[str, str], job: str) -> str:
     """Shell lines for a batch job to `eval` before its srun (slurm/common.sh): unset the stale process-group
-    variables, export MASTER_ADDR / MASTER_PORT and env_defaults, set the bash array `srun_opts`. A broken
-    rule (tasks != GPUs per node, a bad GPTSCALE_MASTER_PORT) is a LaunchError."""
+    variables, export MASTER_ADDR / MASTER_PORT and env_defaults, set the bash arrays `srun_opts` and
+    `gptscale_args` (GPTSCALE_ARGS split by split_args, each word shell-quoted). A broken rule (tasks != GPUs per
+    node, a bad GPTSCALE_MASTER_PORT, unbalanced quotes in GPTSCALE_ARGS) is a LaunchError."""
     if not env.get("SLURM_JOB_ID"):
         raise LaunchError(f"not inside a Slurm job (no SLURM_JOB_ID): submit with sbatch slurm/{job}.sh ...")
     gpus = _int(env.get("SLURM_GPUS_ON_NODE")) or 0
@@ -195,6 +249,7 @@ def slurm_env(env: Mapping[str, str], job: str) -> str:
     lines = ["unset " + " ".join(k for k in DIST_VARS if k not in exports)]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in exports.items()]
     lines.append(f"srun_opts=({shlex.join(srun_options(env.get('SLURM_CPUS_PER_TASK')))})")
+    lines.append(f"gptscale_args=({shlex.join(split_args(env.get('GPTSCALE_ARGS', '')))})")
     return "\n".join(lines) + "\n"
 
 
@@ -230,8 +285,37 @@ def init_distributed() -> tuple[int, int, int]:
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         backend = "gloo"
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        try:
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        except RuntimeError as e:  # torch.distributed.DistNetworkError from the rendezvous store
+            if not re.search(r"EADDRINUSE|address already in use", str(e), re.IGNORECASE):
+                raise
+            raise LaunchError(busy_port_message(env["MASTER_ADDR"], int(env["MASTER_PORT"]), rank)) from None
     return rank, world, local
+
+
+def busy_port_message(addr: str, port: int, rank: int) -> str:
+    """What a rank says when its rendezvous port is taken: the port, the host, how to find the holder, the fix
+    (with a port free on this host right now, outside the ephemeral range)."""
+    alt = suggest_port(port)
+    return (f"MASTER_PORT={port} is already in use on {addr} (rank {rank} on {socket.gethostname()} could not open "
+            f"the rendezvous there): another job or a stale process holds it (`ss -ltnp | grep :{port}` on that "
+            f"host shows which). Start again on a free port: GPTSCALE_MASTER_PORT={alt} (sbatch scripts, launcher "
+            f"jobs, srun), or --master_port={alt} for the deepspeed launcher or torchrun")
+
+
+def suggest_port(busy: int, tries: int = 200) -> int | str:
+    """A port after `busy` among the derivable ones (port_ranges) that can be bound on this host right now."""
+    ports = [p for r in port_ranges(ephemeral_range()) for p in r]
+    start = next((i for i, p in enumerate(ports) if p > busy), 0)
+    for p in (ports[(start + i) % len(ports)] for i in range(min(tries, len(ports)))):
+        with socket.socket() as s:
+            try:
+                s.bind(("", p))
+            except OSError:
+                continue
+            return p
+    return "<free port>"
 
 
 def init_single_process() -> tuple[int, int, int]:

@@ -20,6 +20,7 @@ import torch
 
 from gptscale.config import TrainConfig
 from gptscale.errors import GptscaleError
+from gptscale.runtime.ds_keys import unknown_key_message
 
 # Keys the run config owns -> the run-config key to use instead.
 RUN_CONFIG_KEYS = {
@@ -59,7 +60,11 @@ def _strip_docs(obj: Any) -> Any:
 
 
 def check_ds_config(cfg: dict[str, Any], where: str) -> None:
-    """Refuse settings that belong to the run config or that DeepSpeed would silently ignore."""
+    """Refuse keys DeepSpeed does not know (ds_keys: it would ignore them without a word), settings that belong
+    to the run config, and settings that DeepSpeed would silently ignore."""
+    unknown = unknown_key_message(cfg, where)
+    if unknown:
+        raise DSConfigError(unknown)
     for key, instead in RUN_CONFIG_KEYS.items():
         if key in cfg and cfg[key] != "auto":
             raise DSConfigError(f"{where}: {key!r} comes from the run config; remove it (or set it to \"auto\") "
