@@ -4,6 +4,7 @@ initialisation from an export / a foreign-vocabulary HF folder; --transfer-layer
 import csv
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,41 @@ def test_model_folder_predict_matches_training_eval(rte_run, data_dir, tmp_path)
     assert one[0] == expected[0][0]
     bad = gptscale("predict", "--model", folder, "--text", "only one sentence", expect_ok=False)
     assert bad.returncode == 2 and "--text-pair" in bad.stderr
+
+
+DAMAGE = {
+    "truncated_weights": ("model.safetensors", "not a readable safetensors file (Error while deserializing header"),
+    "truncated_head": ("task_head.safetensors", "not a readable safetensors file"),
+    "bad_json": ("gptscale_task.json", "not valid JSON (Expecting ':' delimiter: line 3"),
+    "missing_keys": ("gptscale_task.json", "no key(s) ['kind', 'max_len']"),
+    "non_utf8_file": ("../batch.tsv", ":2: not UTF-8: byte 0xe9 at byte offset 35 (line 2, byte 6 of the line)"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_predict_on_a_damaged_folder_or_file_is_a_one_line_error(rte_run, tmp_path, damage):
+    """A truncated safetensors file, a task JSON that is not JSON or lacks keys (a copy of the run's real model
+    folder, damaged), or a non-UTF-8 --file: rc 2 and one line naming the file and the fix, no traceback."""
+    folder = tmp_path / "model"
+    shutil.copytree(rte_run / "model", folder)
+    name, why = DAMAGE[damage]
+    target = folder / name
+    if damage.startswith("truncated"):
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    elif damage == "bad_json":
+        target.write_text(target.read_text().replace('"kind":', '"kind"', 1))  # as a hand edit might leave it
+    elif damage == "missing_keys":
+        meta = json.loads(target.read_text())
+        target.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("kind", "max_len")}))
+    batch = tmp_path / "batch.tsv"
+    batch.write_bytes(b"A man sleeps.\tA person rests.\n" + ("A caf\u00e9.\tIt is open.\n".encode(
+        "latin-1") if damage == "non_utf8_file" else b""))
+    p = gptscale("predict", "--model", folder, "--file", batch, expect_ok=False)
+    lines = [line for line in p.stderr.splitlines() if line.startswith("gptscale predict: error: ")]
+    assert p.returncode == 2 and "Traceback" not in p.stderr and len(lines) == 1, p.stderr[-3000:]
+    where = batch if damage == "non_utf8_file" else target
+    assert lines[0].startswith(f"gptscale predict: error: {where}{'' if where is batch else ': '}{why}"), lines[0]
+    assert ("re-encode the file as UTF-8" if where is batch else "re-run the fine-tuning that wrote it") in lines[0]
 
 
 def test_sst2_bf16_zero1_submission_uses_glue_digits(tmp_path, tok_dir, data_dir):
@@ -199,7 +235,7 @@ def test_zero3_two_ranks_model_folder_is_the_gathered_model(tmp_path, tok_dir, d
            f"--data.tokenizer={tok_dir}", f"--train.run_dir={run}", "--finetune.train_samples=32",
            "--finetune.eval_samples=16", "--finetune.epochs=1", *TINY, "--train.ds_config=ds_configs/zero3.json",
            "--finetune.micro_batch_size=4"]
-    p = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=600, cwd=str(REPO))
+    p = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=600, cwd=str(REPO), check=False)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     dev = list(csv.reader((data_dir / "glue" / "RTE" / "dev.tsv").read_text().splitlines(), delimiter="\t",
                           quoting=csv.QUOTE_NONE))[1:17]

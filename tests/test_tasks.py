@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from gptscale.tasks import TASKS, Example, TaskDataError, collate, compute_metrics, encode_example, load_task
+from gptscale.tasks.custom import custom_task
 from gptscale.tasks.predict import PredictError, read_examples
-from gptscale.tasks.readers import custom_task, json_lines, read_dicts, read_rows
+from gptscale.tasks.readers import json_lines, read_dicts, read_rows
 from gptscale.tasks.registry import task_for
 from gptscale.tokenizer import Tokenizer
 
@@ -250,7 +251,8 @@ def test_custom_task(tmp_path):
     assert folder == tmp_path and r.kind == "regression" and r.metrics[0] == "pearson" and r.dev_split == "heldout"
     assert [e.label for e in r.load(folder, "train")] == [0.5, 4.0]
     assert load_task("custom", tmp_path / "r.tsv", "test", label_col="score")[1].label == 4.0
-    with pytest.raises(TaskDataError, match=r"no column\(s\) \['txt'\].*--text-col"):
+    with pytest.raises(TaskDataError, match=r"no column\(s\) \['txt', 'label'\]; its header has \['sent', 'other', "
+                                            r"'y'\].*--text-col"):
         load_task("custom", tmp_path, "train", text_col="txt")
     with pytest.raises(TaskDataError, match=r"train.csv:3: unknown label 'neg'"):  # the file's own line number
         load_task("custom", tmp_path, "train", text_col="sent", label_col="y", label_names=["pos", "other"])
@@ -279,13 +281,16 @@ def test_shared_readers_name_file_and_line(tmp_path):
     t = tmp_path / "a.tsv"
     t.write_bytes('\ufeffh1\th2\n\nsay "hi\tthere\nshort\n'.encode())  # BOM, blank line, bare quote
     assert read_rows(t) == [(1, ["h1", "h2"]), (3, ['say "hi', "there"]), (4, ["short"])]
-    assert read_dicts(t, "\t")[1] == [(3, {"h1": 'say "hi', "h2": "there"}), (4, {"h1": "short", "h2": ""})]
+    with pytest.raises(TaskDataError, match=r"a.tsv:4: 1 fields, but the header \(line 1\) names 2 .*a tab inside"):
+        read_dicts(t, "\t")  # a short (or long) row is an error at its line, not a silently filled record
+    t.write_bytes('\ufeffh1\th2\n\nsay "hi\tthere\n'.encode())
+    assert read_dicts(t, "\t")[1] == [(3, {"h1": 'say "hi', "h2": "there"})]
     (tmp_path / "a.csv").write_text('text,label\n"one, two",1\n')
     assert read_dicts(tmp_path / "a.csv") == (["text", "label"], [(2, {"text": "one, two", "label": "1"})])
     j = tmp_path / "a.jsonl"
     for body, err in ((b'{"x": 1}\n\n{"x": 2}\n{"x": \n', "a.jsonl:4: not a JSON line"),
                       (b'{"x": 1}\n[1, 2]\n', "a.jsonl:2: expected a JSON object, got list"),
-                      (b'{"x": "\xff"}\n', "a.jsonl: not UTF-8")):
+                      (b'{"x": 1}\n{"x": "\xff"}\n', "a.jsonl:2: not UTF-8: byte 0xff at byte offset 16")):
         j.write_bytes(body)
         with pytest.raises(TaskDataError, match=err):
             json_lines(j)

@@ -6,7 +6,8 @@
     ids, extract_pos, lm_mask = collate([seqs, ...], tok.pad_id)  # (B, n_seq, T), (B, n_seq), (B, n_seq, T)
 
 **Files.** Every loader reads local files with the stdlib (``csv`` with ``QUOTE_NONE`` for the GLUE TSVs,
-which contain unbalanced quotes; ``json``), or pyarrow for IMDB parquet. ``data_dir`` is either the data
+which contain unbalanced quotes; ``json``; all in gptscale/tasks/readers.py, UTF-8 only: another encoding is an
+error naming line and byte offset), or pyarrow for IMDB parquet. ``data_dir`` is either the data
 root (holding ``glue/RTE``, ``scitail``, ``race``, ``story_cloze``, ``imdb`` ...), the ``glue`` folder, or
 the task folder itself. ``Task.resolve(data_dir, split)`` says which file(s) a split reads. Split names:
 
@@ -36,11 +37,14 @@ SNLI pairs without a gold label (``-``) are dropped, as everyone does.
 (RACE's per-level accuracy), ``submission_digits`` (GLUE submissions as 0/1), ``labels_from_files`` (the
 custom task: ``Task.with_labels`` returns a new Task with kind and labels read from its files).
 
+The custom task (your CSV / TSV / JSONL files; its kind inferred from the labels only when they are unambiguous,
+else an error asking for --finetune.task_kind): gptscale/tasks/custom.py.
+
 Input transformations, truncation, batching and scoring: gptscale/tasks/transforms.py.
 """
 
 from gptscale.tasks.base import KINDS, TRUNCATION, Example, Source, Task, TaskDataError
-from gptscale.tasks.readers import custom_task
+from gptscale.tasks.custom import custom_task
 from gptscale.tasks.registry import TASKS, get_task, load_task
 from gptscale.tasks.transforms import collate, compute_metrics, encode_example
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -174,8 +175,8 @@ class Task:
         try:
             return src.parse(self.with_labels(data_dir), paths)
         except TaskDataError as e:
-            raise TaskDataError(f"{e} [task {self.name} split {split!r} expects: {src.layout}; pass --data-dir "
-                                f"pointing at the original files]") from None
+            fix = "fix the file" if self.labels_from_files else "pass --data-dir pointing at the original files"
+            raise TaskDataError(f"{e} [task {self.name} split {split!r} expects: {src.layout}; {fix}]") from None
 
     def fit_splits(self, data_dir: str | Path, train_split: str = "", dev_split: str = ""
                    ) -> tuple[list[Example], list[Example], tuple[str, str]]:
@@ -210,16 +211,28 @@ class Task:
         raw = raw.strip()
         if self.kind == "regression":
             try:
-                return float(raw)
+                value = float(raw)
             except ValueError:
-                raise TaskDataError(f"{where}: label {raw!r} is not a number (task {self.name} is a "
-                                    f"regression)") from None
+                value = math.nan
+            if not math.isfinite(value):
+                raise TaskDataError(f"{where}: label {raw!r} is not a finite number (task {self.name} is a "
+                                    f"regression)")
+            return value
         if raw in self.label_names:
             return self.label_names.index(raw)
-        if raw.isdigit() and int(raw) < self.num_labels:
+        ids = not any(_is_number(n) for n in self.label_names)  # class names that are numbers: a digit is a name
+        if ids and raw.isdigit() and int(raw) < self.num_labels:
             return int(raw)
         raise TaskDataError(f"{where}: unknown label {raw!r} for task {self.name}; expected one of "
-                            f"{self.label_names} or 0..{self.num_labels - 1}")
+                            f"{self.label_names}" + (f" or 0..{self.num_labels - 1}" if ids else ""))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _S(pattern: str | tuple[str, ...], parse: Parser, layout: str) -> Source:

@@ -13,6 +13,9 @@ folder whose GPT body loads with `transformers.AutoModelForCausalLM` and whose t
     task_head.safetensors                  head.weight (out, d_model), head.bias (out,)
     gptscale_task.json                     task name, kind, labels, symmetric, truncation, dev metrics
 
+A folder whose gptscale_task.json is not JSON or lacks a key (TASK_KEYS), or whose safetensors files are
+truncated, is a PredictError naming the file: re-run the fine-tuning that wrote it, or copy it again.
+
 `--file` reads one example per line: `text` or `text<TAB>text_pair` (a TSV/CSV with a header naming `text`
 and optionally `text_pair`, or JSON lines with those keys, also work); it prints `label<TAB>confidence`
 per line (regression: the value), or writes them as a TSV with --out.
@@ -27,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from gptscale.errors import GptscaleError, run_cli
 from gptscale.files import atomic_dir, atomic_write_bytes
 from gptscale.hf.convert import load_hf, write_hf
 from gptscale.model import GPT
-from gptscale.tasks import TASKS, Example, Task, collate, encode_example
+from gptscale.tasks import KINDS, TASKS, TRUNCATION, Example, Task, collate, encode_example
 from gptscale.tasks.heads import TaskModel, predictions
 from gptscale.tasks.readers import json_lines, read_rows
 from gptscale.tokenizer import Tokenizer
@@ -63,6 +67,55 @@ def save_task_model(out: Path, state: dict[str, torch.Tensor], model_cfg, task: 
     return out
 
 
+REDO = ("the model folder is damaged or incomplete: re-run the fine-tuning that wrote it (`gptscale finetune ...` "
+        "writes RUN_DIR/model at its best epoch) or copy the whole folder again")
+TASK_KEYS: dict[str, type | tuple[type, ...]] = {
+    "task": str, "kind": str, "num_labels": int, "label_names": list, "metrics": list, "symmetric": bool,
+    "truncation": str, "max_len": int}
+"""The keys of TASK_FILE that `gptscale predict` reads, with their JSON types."""
+
+
+def read_task_file(folder: Path) -> dict[str, Any]:
+    """The TASK_FILE of a fine-tuned model folder, checked: PredictError naming the file and the fix when it is
+    missing, not JSON, or lacks a key `gptscale predict` needs."""
+    f = folder / TASK_FILE
+    if not f.is_file():
+        raise PredictError(f"--model {folder}: no {TASK_FILE}; pass the `model` folder a fine-tuning run wrote "
+                           f"(RUN_DIR/model), not a pre-training export")
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PredictError(f"{f}: not valid JSON ({e}); {REDO}") from None
+    if not isinstance(meta, dict):
+        raise PredictError(f"{f}: expected a JSON object with {list(TASK_KEYS)}, got a {type(meta).__name__}; {REDO}")
+    missing = [k for k in TASK_KEYS if k not in meta]
+    if missing:
+        raise PredictError(f"{f}: no key(s) {missing} (it needs {list(TASK_KEYS)}); {REDO}")
+    bad = [f"{k}={meta[k]!r}" for k, t in TASK_KEYS.items() if not isinstance(meta[k], t)
+           or (t is int and isinstance(meta[k], bool))]
+    bad += [f"kind={meta['kind']!r}"] if meta["kind"] not in KINDS else []
+    bad += [f"truncation={meta['truncation']!r}"] if meta["truncation"] not in TRUNCATION else []
+    if not bad and (meta["num_labels"] < 1 or meta["label_names"] and len(meta["label_names"]) != meta["num_labels"]):
+        bad.append(f"num_labels={meta['num_labels']!r} with label_names={meta['label_names']!r}")
+    if bad:
+        raise PredictError(f"{f}: bad value(s) {', '.join(bad)} (kind one of {list(KINDS)}, truncation one of "
+                           f"{list(TRUNCATION)}, num_labels >= 1 and one per label name); {REDO}")
+    return meta
+
+
+def check_weights(folder: Path) -> None:
+    """Every safetensors file of the folder has a whole header and all the bytes it promises (a truncated copy
+    fails here, naming the file); the head file is there."""
+    if not (folder / HEAD_FILE).is_file():
+        raise PredictError(f"{folder}: no {HEAD_FILE} (the task head); {REDO}")
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except SafetensorError as e:
+            raise PredictError(f"{f}: not a readable safetensors file ({e}): truncated or damaged; {REDO}") from None
+
+
 def _task_from_meta(meta: dict[str, Any]) -> Task:
     known = TASKS.get(meta["task"])
     if known is not None and known.kind == meta["kind"] and known.num_labels == meta["num_labels"]:
@@ -77,17 +130,23 @@ class Predictor:
 
     def __init__(self, folder: str | Path, device: str = "cpu"):
         self.folder = Path(folder)
-        f = self.folder / TASK_FILE
-        if not f.is_file():
-            raise PredictError(f"--model {self.folder}: no {TASK_FILE}; pass the `model` folder a fine-tuning run "
-                               f"wrote (RUN_DIR/model), not a pre-training export")
-        self.meta = json.loads(f.read_text())
+        self.meta = read_task_file(self.folder)
         self.task = _task_from_meta(self.meta)
+        check_weights(self.folder)
         self.tok = Tokenizer.load(self.folder)
-        gpt = load_hf(self.folder)
+        try:
+            gpt = load_hf(self.folder)
+        except SafetensorError as e:
+            raise PredictError(f"{self.folder}: its weights do not load ({e}); {REDO}") from None
         self.model = TaskModel(gpt, self.task.kind, self.task.num_labels, clf_dropout=0.0)
-        head = load_file(str(self.folder / HEAD_FILE))
-        self.model.head.load_state_dict({k.removeprefix("head."): v for k, v in head.items()})
+        head_file = self.folder / HEAD_FILE
+        try:
+            head = load_file(str(head_file))
+            self.model.head.load_state_dict({k.removeprefix("head."): v for k, v in head.items()})
+        except (SafetensorError, RuntimeError) as e:
+            reason = str(e).strip().splitlines()[0]
+            raise PredictError(f"{head_file}: not the head {TASK_FILE} describes ({self.task.num_labels} "
+                               f"output(s)): {reason}; {REDO}") from None
         self.device = torch.device(device)
         self.model.to(self.device).eval()
 
@@ -114,7 +173,7 @@ def read_examples(path: Path, pair: bool) -> list[Example]:
     """Examples from a text/TSV/CSV/JSONL file (see the module docstring); errors name the file and line."""
     if not path.is_file():
         raise PredictError(f"--file {path}: no such file")
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() in (".jsonl", ".json"):
         out = []
         for n, rec in json_lines(path):
             if "text" not in rec:

@@ -1,70 +1,112 @@
-"""Parsers of the local task files (GLUE TSV, JSON samples, RACE, Story Cloze, IMDB) and the custom task."""
+"""The shared file readers (CSV, TSV, JSON lines: one parser each) and the parsers of the local task files (GLUE
+TSV, JSON samples, RACE, Story Cloze, IMDB). The custom task: gptscale/tasks/custom.py."""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
+import io
 import json
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gptscale.tasks.base import _S, INFER, KINDS, Example, Parser, Task, TaskDataError
+from gptscale.tasks.base import Example, Parser, Task, TaskDataError
 
 # ------------------------------------------------------------------------------------- file readers
-# The one place that reads CSV / TSV / JSON-lines files for the tasks and for `gptscale predict --file`.
+# The one place that reads CSV / TSV / JSON-lines files for the tasks and for `gptscale predict --file`: one
+# parser per format (``csv`` unquoted for TSV, ``csv`` with quoting for CSV, ``json`` per line for JSON lines),
+# every error naming the file and line.
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def read_text(path: Path) -> str:
+    """The text of a UTF-8 file, a leading BOM dropped; a file that is not UTF-8 is a TaskDataError naming
+    the line and byte offset of the first bad byte and how to re-encode it."""
+    data = Path(path).read_bytes()
+    skip = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        off = skip + e.start
+        line = data[:off].count(b"\n") + 1
+        col = off - (data.rfind(b"\n", 0, off) + 1)
+        raise TaskDataError(
+            f"{path}:{line}: not UTF-8: byte 0x{data[off]:02x} at byte offset {off} (line {line}, byte {col + 1} "
+            f"of the line) is invalid UTF-8 ({e.reason}); re-encode the file as UTF-8, e.g. iconv -f WINDOWS-1252 "
+            f"-t UTF-8 {path.name} > utf8_{path.name} (name its real encoding after -f), and pass that file") from None
 
 
 def read_rows(path: Path, delimiter: str = "\t") -> list[tuple[int, list[str]]]:
-    """(line number, fields) of each non-blank row of a CSV or TSV: UTF-8 with a leading BOM dropped;
-    tab-separated text is read unquoted (GLUE text contains bare quotes), comma-separated with CSV quoting."""
+    """(first line number, fields) of each non-blank row of a CSV or TSV (``read_text``: UTF-8, a leading BOM
+    dropped); tab-separated text is read unquoted (GLUE text contains bare quotes), comma-separated with CSV
+    quoting. Rows may have any number of fields: ``read_dicts`` checks them against a header."""
     csv.field_size_limit(sys.maxsize)
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter, quoting=quoting)
+    out, prev = [], 0
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-            return [(reader.line_num, row) for row in reader if row not in ([], [""])]
-    except UnicodeDecodeError as e:
-        raise TaskDataError(f"{path}: not UTF-8 ({e})") from None
+        for row in reader:
+            if row not in ([], [""]):
+                out.append((prev + 1, row))  # the line the row starts on (a quoted CSV field may span lines)
+            prev = reader.line_num
+    except csv.Error as e:
+        raise TaskDataError(f"{path}:{reader.line_num}: not valid {'TSV' if delimiter == chr(9) else 'CSV'} "
+                            f"({e}); quote fields holding commas, quotes or line breaks (CSV), or use JSON lines"
+                            ) from None
+    return out
+
+
+def _field_hint(delimiter: str) -> str:
+    if delimiter == "\t":
+        return ("a tab inside a text splits it into two fields (TSV has no quoting): remove tabs from the texts, "
+                "or write the file as CSV (quoted fields) or JSON lines")
+    return "a comma inside a text must be inside double quotes (\"like, this\"), or write the file as JSON lines"
 
 
 def read_dicts(path: Path, delimiter: str = ",") -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """(header, [(line number, {column: value})]) of a CSV / TSV whose first row names the columns (see
-    ``read_rows``); a short row's missing columns read as ""."""
+    ``read_rows``). A row with more or fewer fields than the header is a TaskDataError naming its line: an
+    unquoted comma or a tab inside a text never becomes a silent extra field (or a new label)."""
     rows = read_rows(path, delimiter)
     if not rows:
         return [], []
     head = rows[0][1]
-    return head, [(n, {c: row[i] if i < len(row) else "" for i, c in enumerate(head)}) for n, row in rows[1:]]
+    out = []
+    for n, row in rows[1:]:
+        if len(row) != len(head):
+            raise TaskDataError(f"{path}:{n}: {len(row)} fields, but the header (line {rows[0][0]}) names "
+                                f"{len(head)} ({head}); {_field_hint(delimiter)}")
+        out.append((n, dict(zip(head, row))))
+    return head, out
 
 
 def json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) of each non-blank line of a JSON-lines file (UTF-8, a leading BOM dropped)."""
+    """(line number, object) of each non-blank line of a JSON-lines file (``read_text``: UTF-8, a leading BOM
+    dropped)."""
     out = []
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TaskDataError(f"{path}:{n}: not a JSON line ({e})") from None
-                if not isinstance(rec, dict):
-                    raise TaskDataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
-                out.append((n, rec))
-    except UnicodeDecodeError as e:
-        raise TaskDataError(f"{path}: not UTF-8 ({e})") from None
+    for n, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TaskDataError(f"{path}:{n}: not a JSON line ({e}); expected one JSON object per line") from None
+        if not isinstance(rec, dict):
+            raise TaskDataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}; a JSON-lines file "
+                                f"holds one object per line")
+        out.append((n, rec))
     return out
 
 
-def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) of a JSON-lines file (``.jsonl`` / ``.json``) or a CSV / TSV (``.tsv``) with a header."""
+def read_table(path: Path) -> tuple[list[str] | None, list[tuple[int, dict[str, Any]]]]:
+    """(header, [(line number, record)]) of a file by its suffix, one parser each: ``.jsonl`` / ``.json``:
+    JSON lines (header None: each line has its own keys); ``.tsv``: tab-separated; anything else: CSV. Both
+    of those need a header row, and every row its fields (``read_dicts``)."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        return json_lines(path)
-    return read_dicts(path, "\t" if suffix == ".tsv" else ",")[1]
+        return None, json_lines(path)
+    return read_dicts(path, "\t" if suffix == ".tsv" else ",")
 
 
 # ---------------------------------------------------------------------------------------- task parsers
@@ -113,8 +155,8 @@ def _json_sample(task: Task, paths: list[Path]) -> list[Example]:
     """The shared samples: ``{"0": {"text_a": ..., "text_b": ..., "label": ...}, ...}``."""
     path = paths[0]
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
         raise TaskDataError(f"{path}: not a JSON object ({e})") from None
     if not isinstance(data, dict):
         raise TaskDataError(f"{path}: expected {{\"0\": {{\"text_a\", \"text_b\", \"label\"}}, ...}}")
@@ -210,83 +252,6 @@ def _imdb_acl(task: Task, paths: list[Path]) -> list[Example]:
     for label, sub in enumerate(("neg", "pos")):
         for f in sorted((split_dir / sub).glob("*.txt"), key=lambda p: (len(p.stem), p.stem)):
             rating = f.stem.rsplit("_", 1)[-1]
-            out.append(Example(f.read_text(encoding="utf-8"), None, None, label,
+            out.append(Example(read_text(f), None, None, label,
                                {"file": f.name, "rating": int(rating) if rating.isdigit() else None}))
     return out
-
-
-# ---------------------------------------------------------------------------------------- custom task
-
-
-def _infer_labels(values: list[Any]) -> tuple[str, list[str]]:
-    """(kind, label_names) from raw label values: all ints -> classes 0..max, numbers -> regression,
-    anything else -> classes named by the sorted distinct strings."""
-    vals = [v for v in values if v not in (None, "")]
-    try:
-        nums = [float(v) for v in vals]
-    except (TypeError, ValueError):
-        return "classification", sorted({str(v).strip() for v in vals})
-    if nums and all(x.is_integer() and x >= 0 for x in nums):
-        return "classification", [str(i) for i in range(int(max(nums)) + 1)]
-    return "regression", []
-
-
-def _metrics_for(kind: str) -> list[str]:
-    return ["pearson", "spearman"] if kind == "regression" else ["accuracy"]
-
-
-def _labels_reader(label_col: str, pair: bool) -> Callable[[Task, Path], Task]:
-    """``Task.labels_from_files`` of a custom task: kind, labels and metrics from the ``label_col`` values of
-    the train file under the data folder (else of the first split found there)."""
-
-    def labelled(task: Task, data_dir: Path) -> Task:
-        found = task.available_splits(data_dir)
-        if not found:
-            return task  # no file at all: loading a split reports it
-        values = [r.get(label_col) for _, r in read_records(task.resolve(data_dir, found[0])[0][0])]
-        k, names = _infer_labels(values)
-        if task.label_names:
-            k, names = "classification", task.label_names
-        kind = task.kind if task.kind != INFER else "entailment" if pair and k == "classification" else k
-        return dataclasses.replace(task, kind=kind, label_names=names, num_labels=max(len(names), 1),
-                                   metrics=_metrics_for(k))
-
-    return labelled
-
-
-def custom_task(text_col: str = "text", text_pair_col: str | None = None, label_col: str = "label",
-                kind: str | None = None, label_names: Sequence[str] | None = None, name: str = "custom") -> Task:
-    """A task from your own CSV / TSV / JSONL files: ``{split}.csv|tsv|jsonl`` in data_dir (or data_dir is
-    the file itself, used for any split: see registry.task_for). ``kind`` (classification / regression, or
-    entailment for pairs) is inferred from the labels of the train file when not given: integers -> classes
-    0..max, other numbers -> regression, strings -> classes in sorted order (give ``label_names`` to fix the
-    order). The Task returned leaves them to ``Task.with_labels(data_dir)`` (task_for and ``Task.load`` call
-    it), which returns a new Task: this one never changes."""
-    if kind is not None and kind not in KINDS:
-        raise TaskDataError(f"custom task: kind {kind!r} is not one of {KINDS}")
-    cols = [text_col] + ([text_pair_col] if text_pair_col else [])
-    lay = f"CSV/TSV with a header, or JSON lines, with columns {cols + [label_col]} (label optional on test)"
-
-    def parse(task: Task, paths: list[Path]) -> list[Example]:
-        path = paths[0]
-        recs = read_records(path)
-        if recs:
-            missing = [c for c in cols if c not in recs[0][1]]
-            if missing:
-                raise TaskDataError(f"{path}: no column(s) {missing} (has {sorted(recs[0][1])}); expected {lay}; "
-                                    f"set --text-col / --text-pair-col / --label-col")
-        out = []
-        for i, (n, r) in enumerate(recs):
-            raw = r.get(label_col)
-            lab = None if raw in (None, "") else task.label_of(str(raw), f"{path}:{n}")
-            out.append(Example(str(r[text_col]), str(r[text_pair_col]) if text_pair_col else None, None, lab,
-                               {"index": i}))
-        return out
-
-    patterns = {s: [_S(f"{s}.{ext}", parse, lay) for ext in ("csv", "tsv", "jsonl", "json")]
-                for s in ("train", "dev", "validation", "test")}
-    patterns["dev"] += patterns["validation"]  # dev.* else validation.*
-    names = [] if kind == "regression" else list(label_names or [])
-    return Task(name=name, kind=kind or INFER, num_labels=max(len(names), 1), label_names=names,
-                metrics=_metrics_for(kind or ""), hub=("", None), folder=".", sources=patterns,
-                symmetric=kind == "similarity", labels_from_files=_labels_reader(label_col, bool(text_pair_col)))

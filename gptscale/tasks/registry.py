@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gptscale.tasks.base import _S, HELDOUT, Example, Source, Task, TaskDataError
+from gptscale.tasks.custom import custom_task
 from gptscale.tasks.readers import (
     RACE_LEVELS,
     _imdb_acl,
@@ -16,7 +17,6 @@ from gptscale.tasks.readers import (
     _race,
     _story_cloze,
     _tsv,
-    custom_task,
 )
 
 # Task(name, kind, num_labels, label_names, metrics, hub, folder, sources, **per-task rules): see base.Task.
