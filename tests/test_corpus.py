@@ -19,8 +19,8 @@ from gptscale.data.corpus import (
     strip_gutenberg,
 )
 
-START = re.compile(r"^[ \t]*\*{3}[ \t]*START OF (THE|THIS) PROJECT GUTENBERG", re.I | re.M)
-END = re.compile(r"^[ \t]*\*{3}[ \t]*END OF (THE|THIS) PROJECT GUTENBERG", re.I | re.M)
+START = re.compile(r"^[ \t]*\*{3}[ \t]*START OF (THE|THIS) PROJECT GUTENBERG", re.IGNORECASE | re.MULTILINE)
+END = re.compile(r"^[ \t]*\*{3}[ \t]*END OF (THE|THIS) PROJECT GUTENBERG", re.IGNORECASE | re.MULTILINE)
 LICENCE_PHRASES = ("This eBook is for the use of anyone anywhere", "Section 1.  General Terms of Use",
                    "*** START OF", "*** END OF", "Project Gutenberg Literary Archive Foundation")
 
@@ -64,7 +64,7 @@ def test_strip_gutenberg_on_every_real_book(all_gutenberg_files):
         if END.search(raw):  # the one book without END keeps its trailing small print (documented)
             for phrase in LICENCE_PHRASES:
                 assert phrase not in body, (f.name, phrase)
-            assert not re.search(r"^End of (the )?Project Gutenberg", body, re.I | re.M), f.name
+            assert not re.search(r"^End of (the )?Project Gutenberg", body, re.IGNORECASE | re.MULTILINE), f.name
 
 
 def test_strip_gutenberg_without_end_keeps_to_the_end(all_gutenberg_files):

@@ -36,7 +36,7 @@ def test_one_epoch_yields_every_row_once_shuffled(shard_dir):
     batches = list(s)
     assert consumed(batches) == rows_of(shard_dir)
     assert all(b.dtype == torch.int64 and b.shape[1] == 33 for b in batches)
-    src, ids = s.locate(np.arange(s.total_positions()))
+    _src, ids = s.locate(np.arange(s.total_positions()))
     assert sorted(ids) == list(range(s.total_positions()))  # a permutation ...
     assert (np.diff(ids) != 1).mean() > 0.9  # ... that is shuffled
     assert s.position == s.total_positions()

@@ -1,5 +1,8 @@
 """Shards served by a real S3-compatible server on localhost (moto's server mode), read via pyarrow's S3FileSystem."""
 
+import json
+import warnings
+
 import pyarrow.fs as pafs
 import pytest
 import torch
@@ -41,3 +44,44 @@ def test_stream_from_s3_matches_local(s3, shard_dir, tmp_path):
                         epochs=1, cache_dir=tmp_path / "cache2")
     with pytest.raises(Exception, match="train-00001.arrow.*sha256"):
         list(fresh)
+
+
+def test_cache_defaults_to_the_users_cache_folder(shard_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert ShardStream(shard_dir, batch_size=4).cache_dir == tmp_path / "xdg" / "gptscale" / "shards"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert ShardStream(shard_dir, batch_size=4).cache_dir == tmp_path / "home" / ".cache" / "gptscale" / "shards"
+
+
+def test_planted_cache_file_is_discarded_and_downloaded_again(s3, shard_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the default cache folder, not a shared /tmp one
+    cache = tmp_path / "xdg" / "gptscale" / "shards"
+    s3.create_dir("corpus")
+    pafs.copy_files(str(shard_dir), "corpus/shards", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3)
+    shards = json.loads((shard_dir / "manifest.json").read_text())["splits"]["train"]["shards"]
+    assert shards[0]["sequences"] == shards[1]["sequences"]
+    # under shard 0's cache name: a valid shard of the same shape with other tokens (what the old cache used
+    # unchecked), and a truncated copy of shard 2
+    cache.mkdir(parents=True)
+    planted = cache / f"{shards[0]['sha256']}.arrow"
+    planted.write_bytes((shard_dir / shards[1]["file"]).read_bytes())
+    truncated = cache / f"{shards[2]['sha256']}.arrow"
+    truncated.write_bytes((shard_dir / shards[2]["file"]).read_bytes()[:1000])
+    remote = ShardStream("s3://corpus/shards", filesystem=s3, batch_size=4, seed=3, epochs=1, rank=0, world_size=1)
+    assert remote.cache_dir == cache
+    with pytest.warns(RuntimeWarning, match="planted or corrupted") as caught:
+        got = list(remote)
+    want = list(ShardStream(shard_dir, batch_size=4, seed=3, epochs=1, rank=0, world_size=1))
+    assert len(got) == len(want) > 10 and all(torch.equal(a, b) for a, b in zip(got, want))
+    assert sorted(str(w.message).split(":")[0] for w in caught) == sorted([str(planted), str(truncated)])
+    for sh in shards[:3]:  # replaced by the real downloads
+        assert (cache / f"{sh['sha256']}.arrow").read_bytes() == (shard_dir / sh["file"]).read_bytes()
+    # a good cached file is used as is (hashed once in this process: no warning, not downloaded again)
+    inodes = {p.name: p.stat().st_ino for p in cache.iterdir()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = list(ShardStream("s3://corpus/shards", filesystem=s3, batch_size=4, seed=3, epochs=1, rank=0,
+                                 world_size=1))
+    assert all(torch.equal(a, b) for a, b in zip(again, want))
+    assert {p.name: p.stat().st_ino for p in cache.iterdir()} == inodes

@@ -7,19 +7,24 @@ token and packed into rows of seq_len + 1 tokens; consecutive rows overlap by on
 seq_len inputs and seq_len next-token targets and no token is lost at row boundaries.
 
 Each shard is an Arrow IPC file with one column ``tokens: fixed_size_list<uint16|uint32>[seq_len + 1]``,
-written to a temporary name and renamed. A journal (``.progress.json`` + ``.progress.npz``) is saved after
-every shard, so a killed run, rerun with the same arguments, resumes after the last complete shard.
+written to a temporary name and renamed. One journal file (gptscale.data.journal) is saved atomically after
+every document that completed a shard, so a killed run, rerun with the same arguments, resumes after the last
+journaled shard and produces the very bytes an uninterrupted run does; it first removes the temporary files
+the killed run left.
+
+Memory is bounded by the chunk sizes, not by the longest document: a document longer than pieces.PIECE_CHARS is
+tokenized in pieces cut right before a space that follows a non-space (where neither sentencepiece, with
+split_by_whitespace, nor a GPT-2-style pre-tokenizer ever joins two tokens, so the tokens are those of the
+whole text), and the tokens are streamed into the packer, which holds less than one shard.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import struct
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -29,15 +34,11 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from gptscale.data.corpus import expand_inputs, iter_documents
+from gptscale.data import journal, pieces
+from gptscale.data.corpus import Document, expand_inputs, iter_documents
 from gptscale.data.manifest import FORMAT, VERSION, ShardError
-from gptscale.files import atomic_write_bytes, atomic_write_json, sha256_file
-from gptscale.runtime import faults
+from gptscale.data.pieces import Piece, text_pieces  # noqa: F401 (text_pieces: re-exported)
 from gptscale.tokenizer import Tokenizer
-
-# Documents per worker task: up to TASK_CHARS characters (at least one document), fixed, so the output does
-# not depend on the worker count.
-TASK_CHARS = 1 << 20
 
 
 @dataclass
@@ -60,13 +61,16 @@ def is_val(seed: int, text: str, fraction: float) -> bool:
     and duplicate documents land in the same split (no train/val leakage through copies)."""
     if fraction <= 0:
         return False
-    h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=str(seed).encode()[:64]).digest()
-    return struct.unpack("<Q", h)[0] / 2**64 < fraction
+    h = hashlib.blake2b(digest_size=8, key=str(seed).encode()[:64])
+    for i in range(0, len(text), 1 << 20):  # the same digest as one update, without a copy of a long text
+        h.update(text[i:i + (1 << 20)].encode("utf-8", "surrogatepass"))
+    return struct.unpack("<Q", h.digest())[0] / 2**64 < fraction
 
 
 @dataclass
 class Packer:
-    """Packs one split's token stream into rows of seq_len + 1 and writes full shards."""
+    """Packs one split's token stream into rows of seq_len + 1 and writes full shards (holds less than one
+    shard of tokens between calls)."""
 
     split: str
     out: Path
@@ -87,6 +91,12 @@ class Packer:
             written += 1
         return written
 
+    def tokens(self) -> np.ndarray:
+        """The pending tokens as one array (kept as such: no second copy for the journal)."""
+        if len(self.pending) != 1:
+            self.pending = [np.concatenate(self.pending) if self.pending else np.zeros(0, self.dtype)]
+        return self.pending[0]
+
     def finish(self) -> int:
         """Write the last (shorter) shard; returns the leftover tokens that fill no row (dropped)."""
         rows = (self.n_pending - 1) // self.seq_len if self.n_pending > 0 else 0
@@ -97,22 +107,24 @@ class Packer:
         return dropped if rows == 0 or dropped > 1 else 0
 
     def _write(self, rows: int) -> None:
-        flat = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
         need = rows * self.seq_len + 1
-        starts = np.arange(rows) * self.seq_len
-        table = flat[starts[:, None] + np.arange(self.seq_len + 1)]  # (rows, seq_len + 1), overlap 1
+        flat = self.tokens()
+        # (rows, seq_len + 1), consecutive rows overlapping by one token; one contiguous copy, no index array
+        table = np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(flat[:need], self.seq_len + 1)
+                                     [::self.seq_len])
         rest = flat[need - 1:]  # the last token of this shard starts the next row
         self.pending, self.n_pending = [rest.copy()], len(rest)
+        del flat
         name = f"{self.split}-{len(self.shards):05d}.arrow"
         data = encode_shard(table, self.seq_len)
-        atomic_write_bytes(self.out / name, data)
+        del table
+        journal.write_atomic(self.out / name, data, journal.KILL_SHARD_TMP, journal.KILL_SHARD)
         self.shards.append({"file": name, "sequences": rows, "tokens": rows * self.seq_len,
-                            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-        faults.after_shard(self.split, len(self.shards))
+                            "bytes": data.size, "sha256": hashlib.sha256(data).hexdigest()})
 
 
-def encode_shard(rows: np.ndarray, seq_len: int) -> bytes:
-    """Arrow IPC file bytes for a (n, seq_len + 1) token array."""
+def encode_shard(rows: np.ndarray, seq_len: int) -> pa.Buffer:
+    """Arrow IPC file bytes (a pyarrow Buffer: bytes-like, no extra copy) for a (n, seq_len + 1) token array."""
     values = pa.array(rows.reshape(-1))
     col = pa.FixedSizeListArray.from_arrays(values, rows.shape[1])
     schema = pa.schema([pa.field("tokens", col.type)],
@@ -120,41 +132,10 @@ def encode_shard(rows: np.ndarray, seq_len: int) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, schema) as writer:
         writer.write_batch(pa.record_batch([col], schema=schema))
-    return sink.getvalue().to_pybytes()
-
-
-# ------------------------------------------------------------------------------------ workers
-
-_TOK: Tokenizer | None = None
-_THREADS = 1
-
-
-def _init_worker(tokenizer_dir: str, threads: int = 1) -> None:
-    global _TOK, _THREADS
-    _TOK, _THREADS = Tokenizer.load(tokenizer_dir), threads
-
-
-def _encode(texts: list[str]) -> list[np.ndarray]:
-    assert _TOK is not None
-    return [np.asarray(ids, dtype=np.uint32) for ids in _TOK.encode_batch(texts, num_threads=_THREADS)]
-
-
-def _doc_batches(docs: Iterator, skip: int) -> Iterator[list]:
-    batch, chars = [], 0
-    for n, doc in enumerate(docs):
-        if n < skip:
-            continue
-        batch.append(doc)
-        chars += len(doc.text)
-        if chars >= TASK_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
+    return sink.getvalue()
 
 
 # ------------------------------------------------------------------------------------- driver
-
 
 def write_shards(
     inputs: list[str], tokenizer_dir: str | Path, out_dir: str | Path, *, seq_len: int = 512,
@@ -162,35 +143,28 @@ def write_shards(
     text_field: str = "text", gutenberg: bool = False, errors: str = "strict", progress: bool = True,
 ) -> dict:
     """Tokenize and pack a corpus into `out_dir`; returns the manifest. Resumes a killed run."""
-    tok = Tokenizer.load(tokenizer_dir)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_args(seq_len, val_fraction, shard_size_mb, workers)
+    tok = _load_tokenizer(tokenizer_dir)
+    out = _output_folder(out_dir)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 2**16 else np.uint32)
     rows_per_shard = max(1, int(shard_size_mb * 2**20) // ((seq_len + 1) * dtype.itemsize))
     sources = expand_inputs(list(inputs))
-    spec = ShardSpec(sources, tok.hash, seq_len, val_fraction, seed, rows_per_shard, text_field, gutenberg, errors)
-    if (out / "manifest.json").exists():
-        existing = json.loads((out / "manifest.json").read_text())
-        if existing.get("spec") == vars(spec):
-            return existing  # already complete
-        raise ShardError(f"{out} already holds shards made with other settings; choose another --out")
-    packers = {s: Packer(s, out, seq_len, rows_per_shard, dtype) for s in ("train", "val")}
-    stats = _restore(_load_journal(out, spec), packers)
+    spec = vars(ShardSpec(sources, tok.hash, seq_len, val_fraction, seed, rows_per_shard, text_field, gutenberg,
+                          errors))
+    done = _finished(out, spec)
+    if done is not None:
+        return done
+    packers = {s: Packer(s, out, seq_len, rows_per_shard, dtype) for s in journal.SPLITS}
+    stats = _restore(journal.load(out, spec), packers)
     docs = iter_documents(sources, text_field=text_field, gutenberg=gutenberg, errors=errors)
-    batches = _doc_batches(docs, skip=stats["documents"] + stats["empty"])
+    batches = pieces.piece_batches(docs, skip=stats["documents"] + stats["empty"])
     n_workers = workers if workers > 0 else max(1, (os.cpu_count() or 1))
-    pool = get_context("spawn").Pool(n_workers, _init_worker, (str(tokenizer_dir),)) if n_workers > 1 else None
+    pool = get_context("spawn").Pool(n_workers, pieces.init_worker, (str(tokenizer_dir),)) if n_workers > 1 else None
     if pool is None:  # one process: let sentencepiece use every core on its own
-        _init_worker(str(tokenizer_dir), threads=-1)
-    bar = _progress(progress)
+        pieces.init_worker(str(tokenizer_dir), threads=-1)
+    bar = _Progress() if progress else None
     try:
-        for batch_docs, ids in _encoded(batches, pool, window=4 * n_workers):
-            for doc, tokens in zip(batch_docs, ids):
-                split = _count(stats, doc, tokens, seed, val_fraction)
-                if split and packers[split].add(np.append(tokens, tok.eod_id)):
-                    _save_journal(out, spec, stats, packers)
-            if bar is not None:
-                bar.update(sum(len(t) + 1 for t in ids))
+        _pack(pieces.encoded(batches, pool, window=4 * n_workers), out, spec, stats, packers, tok.eod_id, bar)
     finally:
         if pool:
             pool.terminate()
@@ -198,10 +172,87 @@ def write_shards(
             bar.close()
     dropped = {s: p.finish() for s, p in packers.items()}
     manifest = _manifest(spec, tok, stats, packers, dropped, dtype)
-    atomic_write_json(out / "manifest.json", manifest)
-    for name in (".progress.json", ".progress.npz"):
-        (out / name).unlink(missing_ok=True)
+    data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()  # = files.atomic_write_json's bytes
+    journal.write_atomic(out / "manifest.json", data, journal.KILL_MANIFEST_TMP, journal.KILL_MANIFEST)
+    journal.remove_journal(out)
     return manifest
+
+
+def _pack(encoded: Iterator[tuple[list[Piece], list[np.ndarray]]], out: Path, spec: dict, stats: dict,
+          packers: dict[str, Packer], eod_id: int, bar) -> None:
+    """Stream each document's tokens (piece by piece) into its split's packer; journal after every document
+    that completed a shard."""
+    split, n_tokens, written = None, 0, 0
+    for batch, ids in encoded:
+        for piece, tokens in zip(batch, ids):
+            if piece.first:
+                text = piece.doc.text
+                blank = not text or text.isspace()  # = not text.strip(), without a copy
+                split = None if blank else "val" if is_val(spec["seed"], text, spec["val_fraction"]) else "train"
+                n_tokens = written = 0
+            if split is not None and len(tokens):
+                written += packers[split].add(tokens)
+            n_tokens += len(tokens)
+            if piece.last:
+                _count(stats, piece.doc, kept=split is not None and n_tokens > 0)
+                if split is not None and n_tokens:
+                    written += packers[split].add(np.array([eod_id], np.uint32))
+                if written:
+                    journal.save(out, spec, stats, {s: p.shards for s, p in packers.items()},
+                                 {s: p.tokens() for s, p in packers.items()})
+        if bar is not None:
+            bar.update(sum(len(t) for t in ids))
+
+
+def _check_args(seq_len: int, val_fraction: float, shard_size_mb: float, workers: int) -> None:
+    """Settings out of range: a ShardError naming the flag (also for the Python API)."""
+    for ok, flag, want, got in ((seq_len >= 1, "--seq-len", ">= 1", seq_len),
+                                (0.0 <= val_fraction < 1.0, "--val-fraction", "in [0, 1)", val_fraction),
+                                (0.0 < shard_size_mb < float("inf"), "--shard-size-mb", "> 0", shard_size_mb),
+                                (workers >= 0, "--workers", ">= 0 (0: one per CPU)", workers)):
+        if not ok:
+            raise ShardError(f"{flag} must be {want}, got {got}; fix the flag (write_shards: the same argument)")
+
+
+def _load_tokenizer(path: str | Path) -> Tokenizer:
+    try:
+        return Tokenizer.load(path)
+    except OSError as e:  # a folder we may not read, a file where a directory should be ...
+        raise ShardError(f"--tokenizer {path}: cannot read it ({type(e).__name__}: {e}); pass a readable folder "
+                         f"written by 'gptscale tokenizer train' or a local Hugging Face tokenizer folder") from None
+
+
+def _output_folder(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ShardError(f"--out {out}: exists and is not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ShardError(f"--out {out}: cannot create it ({type(e).__name__}: {e}); choose a folder you can "
+                         f"write") from None
+    return out
+
+
+def _finished(out: Path, spec: dict) -> dict | None:
+    """Clean up after a killed run (its temp files, a journal left by a run killed after its manifest); the
+    manifest when this spec's run is already complete, None when there is work to do."""
+    journal.remove_stale_temps(out)
+    for name in journal.LEGACY_JOURNAL:  # the old two-file journal is never trusted: start over
+        (out / name).unlink(missing_ok=True)
+    path = out / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ShardError(f"{path}: unreadable ({type(e).__name__}: {e}); delete {out} and rerun, or choose "
+                         f"another --out") from None
+    if not isinstance(existing, dict) or existing.get("spec") != spec:
+        raise ShardError(f"{out} already holds shards made with other settings ({path}); choose another --out "
+                         f"(or delete {out} to remake them)")
+    journal.remove_journal(out)  # complete: a journal left here was killed before it was removed
+    return existing
 
 
 def _restore(state: dict | None, packers: dict[str, Packer]) -> dict:
@@ -215,84 +266,43 @@ def _restore(state: dict | None, packers: dict[str, Packer]) -> dict:
     return state["stats"]
 
 
-def _count(stats: dict, doc, tokens: np.ndarray, seed: int, val_fraction: float) -> str | None:
-    """Count a document in `stats`; its split ('train' / 'val'), or None when it is empty (skipped)."""
-    src = stats["per_source"].setdefault(doc.source, {"documents": 0, "empty": 0})
-    if len(tokens) == 0 or not doc.text.strip():
-        stats["empty"] += 1
-        src["empty"] += 1
-        return None
-    stats["documents"] += 1
-    src["documents"] += 1
-    return "val" if is_val(seed, doc.text, val_fraction) else "train"
+def _count(stats: dict, doc: Document, kept: bool) -> None:
+    """Count a document in `stats`: kept, or empty (skipped)."""
+    key = "documents" if kept else "empty"
+    stats[key] += 1
+    stats["per_source"].setdefault(doc.source, {"documents": 0, "empty": 0})[key] += 1
 
 
-def _encoded(batches: Iterator[list], pool, window: int) -> Iterator[tuple[list, list[np.ndarray]]]:
-    """(documents, token arrays) per batch, in input order, with at most `window` batches in flight."""
-    if pool is None:
-        for b in batches:
-            yield b, _encode([d.text for d in b])
-        return
-    inflight: deque = deque()
-    for b in batches:
-        inflight.append((b, pool.apply_async(_encode, ([d.text for d in b],))))
-        if len(inflight) >= window:
-            done, res = inflight.popleft()
-            yield done, res.get()
-    while inflight:
-        done, res = inflight.popleft()
-        yield done, res.get()
+class _Progress:
+    """A token counter on stderr, shown from the first tokens on (an input refused up front prints only the
+    error)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def update(self, n: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(unit="tok", unit_scale=True, desc="shard", smoothing=0.1, mininterval=1.0)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    return tqdm(unit="tok", unit_scale=True, desc="shard", smoothing=0.1, mininterval=1.0)
-
-
-def _manifest(spec: ShardSpec, tok: Tokenizer, stats: dict, packers: dict, dropped: dict, dtype) -> dict:
+def _manifest(spec: dict, tok: Tokenizer, stats: dict, packers: dict, dropped: dict, dtype) -> dict:
     splits = {}
     for s, p in packers.items():
         splits[s] = {"shards": p.shards, "sequences": sum(x["sequences"] for x in p.shards),
                      "tokens": sum(x["tokens"] for x in p.shards), "dropped_tokens": dropped[s]}
     return {
-        "format": FORMAT, "version": VERSION, "seq_len": spec.seq_len, "row_len": spec.seq_len + 1,
+        "format": FORMAT, "version": VERSION, "seq_len": spec["seq_len"], "row_len": spec["seq_len"] + 1,
         "dtype": dtype.name,
         "tokenizer": {"hash": tok.hash, "vocab_size": tok.vocab_size, "eod_id": tok.eod_id, "path": str(tok.path)},
         "documents": {"kept": stats["documents"], "empty_skipped": stats["empty"]},
         "sources": [{"path": k, **v} for k, v in stats["per_source"].items()],
-        "splits": splits, "spec": vars(spec),
+        "splits": splits, "spec": spec,
     }
-
-
-# ------------------------------------------------------------------------------------ journal
-
-
-def _save_journal(out: Path, spec: ShardSpec, stats: dict, packers: dict) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **{s: np.concatenate(p.pending) if p.pending else np.zeros(0, p.dtype) for s, p in packers.items()})
-    atomic_write_bytes(out / ".progress.npz", buf.getvalue())
-    atomic_write_json(out / ".progress.json", {"spec": vars(spec), "stats": stats,
-                                               "shards": {s: p.shards for s, p in packers.items()}})
-
-
-def _load_journal(out: Path, spec: ShardSpec) -> dict | None:
-    j, npz = out / ".progress.json", out / ".progress.npz"
-    if not (j.exists() and npz.exists()):
-        return None
-    state = json.loads(j.read_text())
-    if state["spec"] != vars(spec):
-        raise FileExistsError(
-            f"{out} holds an unfinished run with other settings ({j}); rerun with the same arguments to resume "
-            f"or choose another --out")
-    with np.load(npz) as z:
-        state["pending"] = {s: z[s] for s in ("train", "val")}
-    for s, shards in state["shards"].items():  # every journaled shard must be on disk, intact
-        for sh in shards:
-            if sha256_file(out / sh["file"]) != sh["sha256"]:
-                raise RuntimeError(f"{out / sh['file']}: does not match the journal; delete {out} and rerun")
-    return state
-
 
 def cli_shard(argv: list[str]) -> int:
     """`gptscale shard`: tokenize a corpus into packed Arrow shards + manifest.json."""
@@ -311,10 +321,6 @@ def cli_shard(argv: list[str]) -> int:
     p.add_argument("--errors", choices=["strict", "replace"], default="strict",
                    help="non-UTF-8 bytes: stop with an error (strict) or replace them with U+FFFD")
     a = p.parse_args(argv)
-    if not 0.0 <= a.val_fraction < 1.0:
-        p.error(f"--val-fraction must be in [0, 1), got {a.val_fraction}")
-    if a.seq_len < 1:
-        p.error(f"--seq-len must be >= 1, got {a.seq_len}")
     m = write_shards(a.input, a.tokenizer, a.out, seq_len=a.seq_len, val_fraction=a.val_fraction, seed=a.seed,
                      shard_size_mb=a.shard_size_mb, workers=a.workers, text_field=a.text_field,
                      gutenberg=a.gutenberg, errors=a.errors)

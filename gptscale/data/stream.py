@@ -13,14 +13,20 @@ The state is one number, the global position reached, so
   the samples before and after the save cover the order exactly once.
 
 Local shards are memory-mapped; shards on other filesystems (s3:// ...) are downloaded to a cache folder
-and then memory-mapped; the next window's shards are fetched and verified by a background thread.
+and then memory-mapped; the next window's shards are fetched and verified by a background thread. The cache
+(``cache_dir``; default ``default_cache_dir()``: $XDG_CACHE_HOME/gptscale/shards, else
+~/.cache/gptscale/shards, never a shared /tmp folder) is keyed by each shard's sha256, and every cached file
+is hashed once per process before its first use: a file that does not match (planted, corrupted, truncated)
+is discarded with a warning and downloaded again, never used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import threading
+import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -118,7 +124,7 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size = _dist_rank_world(rank, world_size)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
-        self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "gptscale-shard-cache"
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.max_open_shards = max_open_shards
         self.sched, self.counts, self.prefix = _mix_schedule(self.weights, MIX_PERIOD)
         self._start = 0  # global position at the start of the current iteration
@@ -328,17 +334,35 @@ class ShardStream(IterableDataset):
                 self._verified.add(remote)
             return remote
         local = self.cache_dir / f"{meta['sha256']}.arrow"  # content-addressed: safe to share across ranks
-        if not local.exists():
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=self.cache_dir)
+        if str(local) not in self._verified and local.exists():  # hashed once per process before first use
+            if sha256_file(local) == meta["sha256"]:
+                self._verified.add(str(local))
+                return str(local)
+            warnings.warn(f"{local}: cached copy of {src.uri}/{meta['file']} does not match its sha256 (planted "
+                          f"or corrupted); discarded, downloading it again", RuntimeWarning, stacklevel=2)
+            local.unlink(missing_ok=True)
+        if str(local) not in self._verified:
+            self._download(src, remote, meta, local)
+            self._verified.add(str(local))
+        return str(local)
+
+    def _download(self, src: _Source, remote: str, meta: dict, local: Path) -> None:
+        """Fetch one shard into the cache under its sha256 name, hashing while it streams; a download that
+        does not match the manifest is never put in place."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=self.cache_dir)
+        h = hashlib.sha256()
+        try:
             with os.fdopen(fd, "wb") as out, src.fs.open_input_stream(remote) as f:
                 while chunk := f.read(1 << 22):
+                    h.update(chunk)
                     out.write(chunk)
-            if self.verify and sha256_file(tmp) != meta["sha256"]:
-                os.unlink(tmp)
-                raise ShardError(f"{src.uri}/{meta['file']}: sha256 of the downloaded shard does not match manifest.json")
+            if h.hexdigest() != meta["sha256"]:
+                raise ShardError(f"{src.uri}/{meta['file']}: sha256 of the downloaded shard does not match "
+                                 f"manifest.json (corrupted at the source); re-run `gptscale shard` and upload again")
             os.replace(tmp, local)
-        return str(local)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def _rows(self, s: int, sh: int) -> np.ndarray:
         """(sequences, row_len) memory-mapped array of one shard."""
@@ -374,9 +398,15 @@ class ShardStream(IterableDataset):
             self._pool.submit(self._local_path, s, sh)
 
 
+def default_cache_dir() -> Path:
+    """Where downloaded shards are cached: $XDG_CACHE_HOME/gptscale/shards, else ~/.cache/gptscale/shards."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "gptscale" / "shards"
+
+
 def _dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is not None and world_size is not None:
         return rank, world_size
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
