@@ -23,11 +23,8 @@ import argparse
 import importlib
 import sys
 
-import torch
-
 from gptscale.config import PRESETS, SECTIONS, dump_yaml, field_docs, load_config, model_config
 from gptscale.errors import run_cli
-from gptscale.model import GPT
 
 
 def cmd_config(argv: list[str]) -> int:
@@ -47,6 +44,10 @@ def cmd_config(argv: list[str]) -> int:
 
 def cmd_presets(argv: list[str]) -> int:
     """List the named model presets with parameter count and training FLOPs per token."""
+    import torch  # here, not at the top: `gptscale shard` / `config` need not pay for torch
+
+    from gptscale.model import GPT
+
     argparse.ArgumentParser(prog="gptscale presets", description=cmd_presets.__doc__).parse_args(argv)
     print(f"{'preset':<10} {'block':<5} {'layers':>6} {'d_model':>7} {'heads':>5} {'ctx':>5} {'params':>10} {'GFLOP/tok':>10}")
     for name in PRESETS:

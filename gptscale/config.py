@@ -4,9 +4,8 @@ Precedence (lowest first): dataclass defaults < model preset < YAML/JSON file < 
 
     cfg, rest = load_config(["--config", "run.yaml", "--model.preset=gpt2-124m", "--train.lr=3e-4"])
 
-Every field carries a docstring (the string literal under it); ``field_docs`` reads them back for
-``gptscale config --help-keys`` and for error messages. An unknown or mistyped key is a ``ConfigError``
-naming the key, where it came from, and the nearest valid keys.
+Every field carries a docstring (the string literal under it), read back by ``field_docs`` (``gptscale config
+--keys``, error messages). An unknown or mistyped key is a ``ConfigError`` naming it, its origin, the nearest.
 """
 
 from __future__ import annotations
@@ -206,6 +205,10 @@ class TrainConfig:
     boundary)."""
     keep_last: int = 3
     """Checkpoints kept in the run folder; older ones are deleted after a new one is complete."""
+    verify_checkpoint: bool = True
+    """Check a checkpoint's files against their recorded sha256 before resuming or fine-tuning from it."""
+    allow_step_back: bool = False
+    """Resume older than the run's newest checkpoint: the newer ones move to checkpoints/stepped_back/."""
     peak_tflops: float | None = None
     """Peak dense TFLOP/s of one device for MFU; None picks a per-device default (H100 bf16: 989)."""
     max_bad_steps: int = 5
@@ -280,8 +283,10 @@ class FinetuneConfig:
     label_col: str = "label"
     """custom task: column holding the label (may be absent from a test file)."""
     task_kind: Literal["", "classification", "entailment", "similarity", "regression"] = ""
-    """custom task: kind; empty: inferred from the train labels (integers or strings -> classes, pairs of
-    them -> entailment, other numbers -> regression). similarity: both orderings, as GPT-1 did for pairs."""
+    """custom task: kind; empty: inferred from the train labels only when unambiguous (class ids 0..K-1 or
+    names -> classes, pairs of them -> entailment; numbers with a fractional part -> regression); anything else
+    (-1/1, 1..5, 0/1 mixed with names) is an error asking for this key. similarity: both orderings, as GPT-1
+    did for pairs."""
     label_names: str = ""
     """custom task: comma-separated class names in label-id order; empty: inferred from the train labels."""
 

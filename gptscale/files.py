@@ -9,18 +9,19 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from gptscale.errors import GptscaleError
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: Any, before_rename: Callable[[], None] | None = None) -> None:
     """Write to a unique temporary name in the same folder, fsync, then rename over `path`.
 
     A reader sees the old file or the complete new one, never a partial write. Plain `open` (not mkstemp)
     so the file gets the umask's permissions: shards and checkpoints are shared between users on clusters.
+    `data`: bytes or any buffer (a pyarrow Buffer: no copy); `before_rename`: called between (fault points).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -29,6 +30,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

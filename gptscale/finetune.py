@@ -170,6 +170,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     """Fine-tune per cfg.finetune; returns the best epoch's dev metrics."""
     ft = cfg.finetune
     task, data_dir, train_ex, dev_ex, names = load_splits(ft)
+    extra_ex = outputs.extra_splits(task, data_dir, names)  # every task file read and checked before any model
     torch.manual_seed(ft.seed)
     gpt, tok = load_init(cfg)
     if ft.transfer_layers is not None:
@@ -182,7 +183,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
         return Split(name, examples, [encode_example(task, ex, tok, gpt.cfg.n_ctx) for ex in examples])
 
     train, dev = split(names[0], train_ex), split(names[1], dev_ex)
-    extra = [split(k, v[: ft.eval_samples]) for k, v in outputs.extra_splits(task, data_dir, names).items()]
+    extra = [split(k, v[: ft.eval_samples]) for k, v in extra_ex.items()]
     steps_per_epoch = len(train.examples) // ft.batch_size
     if steps_per_epoch == 0:
         raise FinetuneError(f"{len(train.examples)} training examples make no batch of finetune.batch_size="
@@ -250,7 +251,7 @@ def save_best(f: Fit, epoch: int, metrics: dict[str, float], preds: list, confs:
     if f.run.rank == 0:
         outputs.write_predictions(f.run.run_dir / outputs.PREDICTIONS_FILE, f.task, f.dev.examples, preds, confs)
         save_task_model(f.run.run_dir / MODEL_DIR, state, f.model_cfg, f.task, f.tok, {
-            "epoch": epoch, "dev": metrics, "init": f.cfg.finetune.init or "none",
+            "epoch": epoch, "dev": metrics, "init": f.cfg.finetune.init or "none", "tokenizer_hash": f.tok.hash,
             "pair": f.train.examples[0].text_b is not None})
 
 
@@ -295,7 +296,7 @@ TRAIN_KEYS_NOT_READ: dict[str, str] = {
     "min_lr": "nothing: fine-tuning decays to 0", "eval_interval": "nothing: dev is scored after every epoch",
     "eval_steps": "finetune.eval_samples", "checkpoint_interval": "nothing: the best epoch's model folder is kept",
     "keep_last": "nothing: the best epoch's model folder is kept", "max_bad_steps": "nothing",
-    "peak_tflops": "nothing",
+    "peak_tflops": "nothing", "allow_step_back": "nothing: fine-tuning does not resume",
 }
 """train.* keys fine-tuning does not read -> what to set instead (giving one is an error, not a silent no-op)."""
 

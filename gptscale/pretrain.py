@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +33,9 @@ from gptscale.runtime.dist import device, print0
 from gptscale.runtime.engine import build_engine, evaluating, load_ds_config, optimizer_name, step_stats, zero_stage
 from gptscale.runtime.monitor import Progress, memory_gb, peak_tflops
 from gptscale.runtime.preempt import Preemption
-from gptscale.runtime.run import Run, run_entry_point, start_run
+from gptscale.runtime.resume import apply_hparams, header, history
+from gptscale.runtime.resume import check as resume_check
+from gptscale.runtime.run import Run, run_entry_point, start_run, write_config
 from gptscale.tokenizer import Tokenizer
 
 
@@ -65,6 +68,10 @@ def check_data(cfg: RunConfig) -> tuple[dict[str, float], dict[str, dict]]:
                                 f"{cfg.model.vocab_size}; set --model.vocab_size={m['tokenizer']['vocab_size']} or more "
                                 f"(on GPUs a multiple of 64, e.g. "
                                 f"{-(-m['tokenizer']['vocab_size'] // 64) * 64}, is faster)")
+    hashes = {uri: m["tokenizer"].get("hash") for uri, m in manifests.items()}
+    if len(set(hashes.values())) > 1:
+        raise TrainingError("data.shards mixes shard sets written with different tokenizers (" + ", ".join(
+            f"{uri}: {h and h[:12]}" for uri, h in hashes.items()) + "); re-shard them with one tokenizer")
     if cfg.data.seq_len > cfg.model.n_ctx:
         raise TrainingError(f"data.seq_len={cfg.data.seq_len} exceeds the model context model.n_ctx={cfg.model.n_ctx}")
     return sources, manifests
@@ -177,6 +184,8 @@ class Loop:
     step: int = 0
     tokens: int = 0
     state: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Extra gptscale.json keys of every checkpoint (tokenizer hash, resume history)."""
 
 
 def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
@@ -186,7 +195,7 @@ def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
     ds = load_ds_config(cfg.train.ds_config)
     run = start_run(cfg)
     try:
-        loop = setup(cfg, run, resume, sources, manifests)
+        loop = setup(cfg, run, resume, sources, manifests, zero_stage(ds))
         run.monitor.log(f"gptscale pretrain: {loop.n_params / 1e6:.2f}M params, ZeRO-{zero_stage(ds)}, "
                         f"{cfg.train.precision}, optimizer {optimizer_name(loop.engine)}, world {run.world}, global "
                         f"batch {loop.tokens_per_step // cfg.data.seq_len} x {cfg.data.seq_len} tokens, "
@@ -200,30 +209,57 @@ def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
     return {"step": loop.step, **metrics}
 
 
-def setup(cfg: RunConfig, run: Run, resume: str, sources: dict[str, float], manifests: dict[str, dict]) -> Loop:
-    """Model, engine and streams, resumed from `resume`'s checkpoint when there is one."""
+def setup(cfg: RunConfig, run: Run, resume: str, sources: dict[str, float], manifests: dict[str, dict],
+          stage: int) -> Loop:
+    """Model, engine and streams, resumed from `resume`'s checkpoint when there is one (see resume_point)."""
     steps_total = total_steps(cfg, run.world)
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model)
     n_params, flops_tok = model.num_params(), model.flops_per_token(cfg.data.seq_len)  # before ZeRO-3 partitions
-    found = checkpoint.find(run.run_dir, resume)
-    elastic = bool(found) and checkpoint.saved_world_size(*found) != run.world
+    found, meta = resume_point(cfg, run, resume, stage)
+    elastic = bool(found) and meta["world_size"] != run.world
     if elastic:  # written by another world size: through DeepSpeed's universal checkpoint
         checkpoint.to_universal(*found)
-        run.monitor.log(f"elastic resume: {found[0] / found[1]} was written by {checkpoint.saved_world_size(*found)} "
-                        f"ranks, continuing on {run.world}")
+        run.monitor.log(f"elastic resume: {found[0] / found[1]} was written by {meta['world_size']} ranks, "
+                        f"continuing on {run.world}")
     engine = build_engine(model, cfg.train, run.world, steps_total, load_universal=elastic)
     loader, val = make_streams(cfg, sources, manifests, run.rank, run.world)
     tokens_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * run.world * cfg.data.seq_len
     loop = Loop(cfg, run, engine, loader, val, steps_total, tokens_per_step, flops_tok, n_params,
                 state={"micro": 0, "skipped": 0, "bad_in_row": 0, "max_bad": cfg.train.max_bad_steps,
-                       "inject_nan": faults.nan_micro_steps()})
+                       "inject_nan": faults.nan_micro_steps()},
+                meta={"tokenizer_hash": tokenizer_hash(manifests), "resumes": meta.get("resumes", [])})
     if found:
         client = checkpoint.load(engine, *found)
+        apply_hparams(engine, cfg, steps_total)
         loop.step, loop.tokens = client["step"], client["tokens"]
         loader.load_state_dict(client["data"])
         run.monitor.log(f"resumed from {found[0] / found[1]} at step {loop.step} ({loop.tokens:,} tokens)")
     return loop
+
+
+def resume_point(cfg: RunConfig, run: Run, resume: str, stage: int) -> tuple[tuple[Path, str] | None, dict]:
+    """The verified checkpoint to resume from (None: a fresh start) and its gptscale.json with this resume
+    added to its history ({} on a fresh start); config.yaml is rewritten with that history. A changed key
+    that cannot take effect, or newer checkpoints that a start here would overwrite, are errors."""
+    found = checkpoint.find(run.run_dir, resume, cfg.train.verify_checkpoint, run.monitor.log)
+    meta = checkpoint.read_meta(*found) if found else {}
+    checkpoint.guard_newer(run.run_dir, meta.get("step", 0), cfg.train.allow_step_back, run.monitor.log)
+    if found:
+        where = str(found[0] / found[1])
+        diff = resume_check(meta, cfg, stage, where)
+        if diff:
+            run.monitor.log("resume: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()))
+        meta["resumes"] = history(meta, where, meta["step"], diff)
+        if run.rank == 0:
+            write_config(run.run_dir, cfg, header(meta["resumes"]))
+    return found, meta
+
+
+def tokenizer_hash(manifests: dict[str, dict]) -> str | None:
+    """The sha256 of the tokenizer every shard set was written with (check_data made sure it is one)."""
+    hashes = {m["tokenizer"].get("hash") for m in manifests.values()}
+    return hashes.pop() if len(hashes) == 1 else None
 
 
 def train(loop: Loop, preempt: Preemption, stage: int) -> dict[str, Any]:
@@ -251,8 +287,10 @@ def train(loop: Loop, preempt: Preemption, stage: int) -> dict[str, Any]:
             log_val(mon, loop.step, metrics["val_loss"])
         stop = preempt.should_stop(loop.step, device()) and not last
         if stop or loop.step % cfg.train.checkpoint_interval == 0 or last:
+            faults.poison_weights(loop.engine.module, loop.step, run.rank)
             checkpoint.save(loop.engine, run.run_dir, cfg, loop.step, {"step": loop.step, "tokens": loop.tokens,
-                                                                       "data": loop.loader.state_dict()}, stage)
+                                                                       "data": loop.loader.state_dict()}, stage,
+                            loop.meta)
             faults.after_checkpoint(loop.step, run.rank)
         if stop:
             mon.log(f"preempted at step {loop.step}: checkpoint "

@@ -45,6 +45,8 @@ FORMAT = "gptscale-tokenizer"
 VERSION = 1
 MODEL_FILE = "tokenizer.model"
 META_FILE = "tokenizer.json"
+TOKENIZER_META = "gptscale_tokenizer.json"
+"""Our tokenizer metadata inside a Hugging Face folder (``tokenizer.json`` is Hugging Face's own file)."""
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                       "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model",
                       "sentencepiece.bpe.model")
@@ -74,6 +76,8 @@ class Tokenizer:
         self.path, self._meta, self._sp, self._hf = path, meta, sp, hf
         self.vocab_size = int(meta["vocab_size"])
         self.hash = meta["hash"]
+        self.hashes = {meta["hash"], *([meta["source_hash"]] if meta.get("source_hash") else [])}
+        """This tokenizer's sha256 and, for the exact Hugging Face twin of a gptscale tokenizer, that one's."""
         ids = meta["special_ids"]
         self.pad_id, self.eod_id = ids["pad"], ids["eod"]
         self.start_id, self.delim_id, self.extract_id = ids.get("start"), ids.get("delim"), ids.get("extract")
@@ -200,6 +204,14 @@ def _hash_hf_folder(folder: Path) -> str:
     return h.hexdigest()
 
 
+def _twin_of(folder: Path) -> str | None:
+    """The hash of the gptscale tokenizer an exported HF folder is the twin of (its TOKENIZER_META), if any."""
+    try:
+        return json.loads((folder / TOKENIZER_META).read_text()).get("hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _load_hf(folder: Path) -> Tokenizer:
     from transformers import AutoTokenizer  # lazy: shard tokenizer workers load sentencepiece models only
 
@@ -218,7 +230,7 @@ def _load_hf(folder: Path) -> Tokenizer:
     tokens.update({name: SPECIALS[name] for name in ("start", "delim", "extract") if ids[name] is not None})
     meta = {"format": FORMAT, "version": VERSION, "type": "huggingface", "vocab_size": len(hf),
             "special_ids": ids, "special_tokens": tokens, "hash": _hash_hf_folder(folder),
-            "hf_class": type(hf).__name__}
+            "source_hash": _twin_of(folder), "hf_class": type(hf).__name__}
     return Tokenizer(str(folder), meta, hf=hf)
 
 

@@ -28,10 +28,7 @@ from sentencepiece import sentencepiece_model_pb2 as pb
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import SpmConverter
 
-from gptscale.tokenizer import HF_TOKENIZER_FILES, MODEL_FILE, Tokenizer, TokenizerError
-
-TOKENIZER_META = "gptscale_tokenizer.json"
-"""Our tokenizer metadata inside a Hugging Face folder (``tokenizer.json`` is Hugging Face's own file)."""
+from gptscale.tokenizer import HF_TOKENIZER_FILES, MODEL_FILE, TOKENIZER_META, Tokenizer, TokenizerError
 
 
 def save_hf(tok: Tokenizer, folder: str | Path, max_length: int) -> None:

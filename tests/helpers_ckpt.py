@@ -38,6 +38,7 @@ from gptscale.model import GPT
 from gptscale.runtime import checkpoint
 from gptscale.runtime.dist import init_distributed
 from gptscale.runtime.engine import build_engine, full_state_dict, load_ds_config, zero_stage
+from gptscale.tokenizer import Tokenizer
 
 SEQ = 16
 
@@ -84,7 +85,8 @@ def save(engine, args, cfg, train, rank: int, world: int) -> tuple[Path, str]:
     run = Path(args.run_dir)
     run_cfg = RunConfig(model=cfg, train=train, data=DataConfig(tokenizer=args.tokenizer or ""))
     client = {"gptscale_step": args.steps, "tokens": args.steps * train.micro_batch_size * world * SEQ}
-    checkpoint.save(engine, run, run_cfg, args.steps, client, zero_stage(load_ds_config(train.ds_config)))
+    meta = {"tokenizer_hash": Tokenizer.load(args.tokenizer).hash} if args.tokenizer else {}
+    checkpoint.save(engine, run, run_cfg, args.steps, client, zero_stage(load_ds_config(train.ds_config)), meta)
     if rank == 0:
         (run / "config.yaml").write_text(dump_yaml(run_cfg))
     return run / checkpoint.CHECKPOINTS, checkpoint.tag_for(args.steps)

@@ -197,15 +197,15 @@ def test_resolve_run_checkpoints_and_tag_dirs(runs, tmp_path):
 def test_missing_checkpoints_are_clear_errors(runs, tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         resolve(tmp_path / "nope")
-    with pytest.raises(CheckpointError, match=f"{tmp_path}: no checkpoint here"):
+    with pytest.raises(CheckpointError, match=f"{tmp_path}: no complete checkpoint here"):
         resolve(tmp_path)
     ckpts = tmp_path / "run" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    with pytest.raises(CheckpointError, match="no 'latest' file"):
-        resolve(tmp_path / "run")
+    (ckpts / "step_00000099").mkdir(parents=True)  # a save that did not finish: no gptscale.json
     (ckpts / "latest").write_text("step_00000099")
-    with pytest.raises(CheckpointError, match="step_00000099.*missing or incomplete"):
+    with pytest.raises(CheckpointError, match="no complete checkpoint here \\(step_00000099 lack gptscale.json"):
         resolve(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="step_00000099.*missing or incomplete"):
+        resolve(tmp_path / "run", tag="step_00000099")
     with pytest.raises(CheckpointError, match="--tag 'step_1'"):
         resolve(runs["z2"] / "checkpoints" / TAG, tag="step_1")
 
@@ -307,3 +307,24 @@ def test_overwrite_never_replaces_the_source_or_a_users_folder(runs, tmp_path, c
     assert "never replaced" in capsys.readouterr().err
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == listing  # nothing of the run was touched
     assert (mine / "todo.txt").read_text() == "mine"
+
+
+def test_export_refuses_a_non_finite_weight(runs, tmp_path):
+    """A checkpoint whose files are intact (checksums re-recorded) but hold an inf weight: rc 2 naming it."""
+    from gptscale.runtime import integrity
+    from gptscale.runtime.safeload import safe_torch_load
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["z0"], run)
+    tag_dir = run / "checkpoints" / TAG
+    states = safe_torch_load(tag_dir / "mp_rank_00_model_states.pt")
+    name = next(k for k, v in states["module"].items() if v.ndim == 2)
+    states["module"][name][0, 0] = float("inf")
+    torch.save(states, tag_dir / "mp_rank_00_model_states.pt")
+    meta = json.loads((tag_dir / "gptscale.json").read_text())
+    meta["files"]["mp_rank_00_model_states.pt"] = integrity.digest(tag_dir / "mp_rank_00_model_states.pt")
+    (tag_dir / "gptscale.json").write_text(json.dumps(integrity.seal(meta)))
+    p = subprocess.run([sys.executable, "-m", "gptscale", "export", str(run), "--out", str(tmp_path / "hf")],
+                       capture_output=True, text=True, env=_env(), cwd=REPO)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert f"weight {name!r} holds 1 inf/NaN values" in p.stderr and not (tmp_path / "hf").exists()

@@ -156,16 +156,17 @@ def test_elastic_resume_2_to_1_and_back(tmp_path, shard_dir, tok_dir, stage):
         assert state["data"]["position"] == 8 * 16 and state["step"] == 8
 
 
-def test_prune_keeps_the_newest_and_latest(tmp_path):
+def test_prune_keeps_the_newest_and_never_a_newer_one(tmp_path):
     from gptscale.runtime.checkpoint import prune
 
     ck = tmp_path / "checkpoints"
-    for s in (4, 8, 12, 16):
+    for s in (4, 8, 12, 16, 20):
         (ck / f"step_{s:08d}").mkdir(parents=True)
     (ck / "step_00000004_universal").mkdir()
-    (ck / "latest").write_text("step_00000016")
-    prune(ck, keep_last=2)
-    assert sorted(p.name for p in ck.iterdir() if p.is_dir()) == ["step_00000012", "step_00000016"]
+    (ck / "step_00000008.corrupt").mkdir()
+    prune(ck, keep_last=2, current="step_00000016")
+    assert sorted(p.name for p in ck.iterdir() if p.is_dir()) == [
+        "step_00000008.corrupt", "step_00000012", "step_00000016", "step_00000020"]
 
 
 def test_export_trained_run_loads_in_transformers(stage_runs, tmp_path):

@@ -83,22 +83,59 @@ def test_error_policy_is_a_message_and_rc_2(capsys):
 
 
 def test_checkpoint_lookup_rules(tmp_path):
+    """`latest` is a hint: a run folder resolves to its newest complete checkpoint (gptscale.json written),
+    never to an unfinished save; an unfinished one is named when nothing complete is there."""
     run = tmp_path / "run"
     assert checkpoint.find(run, "none") is None
     assert checkpoint.find(run, "auto") is None  # a fresh run
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "latest").write_text("  \n")
     assert checkpoint.latest_tag(run / "checkpoints") is None  # empty means none
-    with pytest.raises(CheckpointError, match=r"--resume .*no 'latest' file \(or an empty one\)"):
+    with pytest.raises(CheckpointError, match=r"--resume .*no complete checkpoint here"):
         checkpoint.find(run, str(run))
-    tag = run / "checkpoints" / checkpoint.tag_for(20)
-    tag.mkdir()
-    (tag / checkpoint.META_FILE).write_text("{}")
-    (tag / "mp_rank_00_model_states.pt").write_bytes(b"")
-    assert checkpoint.find(run, str(tag)) == (run / "checkpoints", "step_00000020")
-    with pytest.raises(CheckpointError, match="present: step_00000020"):
-        checkpoint.resolve(run)
-    assert checkpoint.resolve(run, tag="step_00000020") == (run / "checkpoints", "step_00000020")
+    for step in (20, 10, 30):
+        tag = run / "checkpoints" / checkpoint.tag_for(step)
+        tag.mkdir()
+        (tag / "mp_rank_00_model_states.pt").write_bytes(b"")
+        if step != 30:  # step 30: a save that did not finish
+            (tag / checkpoint.META_FILE).write_text("{}")
+    assert checkpoint.complete_tags(run / "checkpoints") == ["step_00000010", "step_00000020"]
+    assert checkpoint.find(run, str(tag.parent / "step_00000020")) == (run / "checkpoints", "step_00000020")
+    assert checkpoint.resolve(run) == (run / "checkpoints", "step_00000020")  # whatever latest says
+    with pytest.raises(CheckpointError, match="step_00000030.*missing or incomplete.*step_00000010, step_00000020"):
+        checkpoint.resolve(run, tag="step_00000030")
+    warnings = []
+    assert checkpoint.find(run, "auto", warn=warnings.append) == (run / "checkpoints", "step_00000020")
+    assert "names nothing; resuming from the newest complete checkpoint, step_00000020" in warnings[0]
+    with pytest.raises(CheckpointError, match="newer than step 10 \\(step_00000020\\).*allow_step_back"):
+        checkpoint.guard_newer(run, 10, allow=False)
+    checkpoint.guard_newer(run, 10, allow=True, warn=warnings.append)
+    assert (run / "checkpoints" / "stepped_back" / "step_00000020" / checkpoint.META_FILE).is_file()
+    assert checkpoint.complete_tags(run / "checkpoints") == ["step_00000010"]
+
+
+def test_checksums_catch_a_flipped_bit_and_a_changed_meta(tmp_path):
+    from gptscale.runtime import integrity
+
+    tag = tmp_path / "checkpoints" / "step_00000001"
+    tag.mkdir(parents=True)
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt", "rng_rank1.pt"):
+        (tag / name).write_bytes(bytes(range(256)) * 4)
+    assert integrity.owner("zero_pp_rank_1_mp_rank_00_optim_states.pt") == 1 and integrity.owner("rng_rank1.pt") == 1
+    files = integrity.record(tag, skip={checkpoint.META_FILE})
+    assert sorted(files) == sorted(p.name for p in tag.iterdir())
+    (tag / checkpoint.META_FILE).write_text(json.dumps(integrity.seal({"step": 1, "files": files})))
+    assert checkpoint.problems(tag.parent, tag.name) == []
+    data = bytearray((tag / "rng_rank1.pt").read_bytes())
+    data[100] ^= 1
+    (tag / "rng_rank1.pt").write_bytes(bytes(data))
+    assert "rng_rank1.pt: sha256" in checkpoint.problems(tag.parent, tag.name)[0]
+    (tag / "mp_rank_00_model_states.pt").write_bytes(b"short")
+    assert any("5 bytes, but 1024 were written" in m for m in checkpoint.problems(tag.parent, tag.name))
+    meta = json.loads((tag / checkpoint.META_FILE).read_text())
+    (tag / checkpoint.META_FILE).write_text(json.dumps({**meta, "step": 2}))
+    with pytest.raises(CheckpointError, match="does not match the checksum it was written with"):
+        checkpoint.read_meta(tag.parent, tag.name)
 
 
 def test_optimizers_are_one_table(monkeypatch):

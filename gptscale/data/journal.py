@@ -15,16 +15,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import secrets
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from gptscale.data.manifest import ShardError
-from gptscale.files import sha256_file
+from gptscale.files import atomic_write_bytes, sha256_file
 from gptscale.runtime import faults
 
 JOURNAL = ".journal.npz"
@@ -49,23 +47,13 @@ KILL_MANIFEST = faults.label("shard.after_manifest_rename", "manifest.json is in
 
 
 def write_atomic(path: Path, data, before_rename: str, after_rename: str) -> None:
-    """files.atomic_write_bytes (same temp names) with the kill points `before_rename` / `after_rename`.
-    `data`: bytes or any buffer (a pyarrow Buffer: no copy)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    """files.atomic_write_bytes with the kill points `before_rename` / `after_rename`; a write the user can fix
+    (a full disk, a read-only folder) is a ShardError. `data`: bytes or any buffer (a pyarrow Buffer: no copy)."""
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        faults.point(before_rename)
-        os.replace(tmp, path)
-    except OSError as e:  # a full disk, a folder made read-only: the user's to fix, not a bug
-        tmp.unlink(missing_ok=True)
+        atomic_write_bytes(path, data, before_rename=lambda: faults.point(before_rename))
+    except OSError as e:
         raise ShardError(f"{path}: cannot write it ({type(e).__name__}: {e}); free space or fix the folder's "
                          f"permissions, then rerun the same command (it resumes)") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     faults.point(after_rename)
 
 

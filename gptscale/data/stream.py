@@ -22,9 +22,7 @@ is discarded with a warning and downloaded again, never used.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 import threading
 import warnings
 from collections import OrderedDict
@@ -39,6 +37,7 @@ import pyarrow.fs as pafs
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from gptscale.data.cache import default_cache_dir, download
 from gptscale.data.manifest import ShardError, read_manifest
 from gptscale.files import sha256_file
 
@@ -342,27 +341,9 @@ class ShardStream(IterableDataset):
                           f"or corrupted); discarded, downloading it again", RuntimeWarning, stacklevel=2)
             local.unlink(missing_ok=True)
         if str(local) not in self._verified:
-            self._download(src, remote, meta, local)
+            download(src.fs, remote, meta["sha256"], local, f"{src.uri}/{meta['file']}")
             self._verified.add(str(local))
         return str(local)
-
-    def _download(self, src: _Source, remote: str, meta: dict, local: Path) -> None:
-        """Fetch one shard into the cache under its sha256 name, hashing while it streams; a download that
-        does not match the manifest is never put in place."""
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=self.cache_dir)
-        h = hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb") as out, src.fs.open_input_stream(remote) as f:
-                while chunk := f.read(1 << 22):
-                    h.update(chunk)
-                    out.write(chunk)
-            if h.hexdigest() != meta["sha256"]:
-                raise ShardError(f"{src.uri}/{meta['file']}: sha256 of the downloaded shard does not match "
-                                 f"manifest.json (corrupted at the source); re-run `gptscale shard` and upload again")
-            os.replace(tmp, local)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
     def _rows(self, s: int, sh: int) -> np.ndarray:
         """(sequences, row_len) memory-mapped array of one shard."""
@@ -396,12 +377,6 @@ class ShardStream(IterableDataset):
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch")
         for sh in shards:
             self._pool.submit(self._local_path, s, sh)
-
-
-def default_cache_dir() -> Path:
-    """Where downloaded shards are cached: $XDG_CACHE_HOME/gptscale/shards, else ~/.cache/gptscale/shards."""
-    base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "gptscale" / "shards"
 
 
 def _dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, OpenAIGPTConfig, OpenAIGPTLMHeadModel
 
@@ -217,13 +218,21 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         if index.is_file():
             state: dict[str, torch.Tensor] = {}
             for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-                state.update(loader(str(folder / shard)))
+                state.update(_readable(loader, folder / shard))
             return state
     if (folder / "model.safetensors").is_file():
-        return load_file(str(folder / "model.safetensors"))
+        return _readable(load_file, folder / "model.safetensors")
     if (folder / "pytorch_model.bin").is_file():
         return _torch_load(str(folder / "pytorch_model.bin"))
     raise FileNotFoundError(f"{folder}: no model.safetensors(.index.json) or pytorch_model.bin(.index.json)")
+
+
+def _readable(loader, path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return loader(str(path))
+    except (SafetensorError, OSError, RuntimeError, EOFError) as e:
+        raise ModelLoadError(f"{path}: not a readable weights file ({type(e).__name__}: {e}): truncated or damaged; "
+                             f"re-export or copy it again") from None
 
 
 def _torch_load(path: str) -> dict[str, torch.Tensor]:

@@ -61,7 +61,7 @@ def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False
     tok_dir = _tokenizer_dir(tokenizer, meta, Path(meta["checkpoint"]))
     with atomic_dir(out, overwrite, "hf-model", source) as tmp:
         write_hf(model, tmp)
-        specials = write_tokenizer(tok_dir, tmp, model.cfg) if tok_dir is not None else {}
+        specials = write_tokenizer(tok_dir, tmp, model.cfg, meta.get("tokenizer_hash")) if tok_dir else {}
         _write_generation_files(tmp, specials, meta)
     return out
 
@@ -82,12 +82,17 @@ def _tokenizer_dir(override: str | Path | None, meta: dict[str, Any], tag_dir: P
                       f"pass --tokenizer DIR")
 
 
-def write_tokenizer(tok_dir: Path, out: Path, cfg: ModelConfig) -> dict[str, int]:
-    """Write the HF tokenizer files for ``tok_dir`` into ``out``; returns the special ids (pad, eod, ...)."""
+def write_tokenizer(tok_dir: Path, out: Path, cfg: ModelConfig, trained_hash: str | None = None) -> dict[str, Any]:
+    """Write the HF tokenizer files for ``tok_dir`` into ``out``; returns the special ids (pad, eod) and the
+    hashes of the tokenizer (``tokenizer_hash``) and of its exported twin. ``trained_hash``: the sha256 of the
+    tokenizer the checkpoint was trained with; another tokenizer is an error."""
     try:
         tok = Tokenizer.load(tok_dir)
     except TokenizerError as e:
         raise ExportError(str(e)) from None
+    if trained_hash and trained_hash not in tok.hashes:
+        raise ExportError(f"tokenizer {tok_dir} (sha256 {tok.hash[:12]}...) is not the one this checkpoint was "
+                          f"trained with (sha256 {trained_hash[:12]}...); pass --tokenizer <that folder>")
     if tok.vocab_size > cfg.vocab_size:
         raise ExportError(f"tokenizer {tok_dir} has {tok.vocab_size} ids but the model's vocab_size is "
                           f"{cfg.vocab_size}; wrong tokenizer for this checkpoint")
@@ -96,7 +101,8 @@ def write_tokenizer(tok_dir: Path, out: Path, cfg: ModelConfig) -> dict[str, int
         write_sentencepiece_as_hf(tok_dir, out, meta, cfg.n_ctx)
     else:
         copy_hf_tokenizer(tok_dir, out)
-    return {"pad": tok.pad_id, "eod": tok.eod_id}
+    return {"pad": tok.pad_id, "eod": tok.eod_id, "tokenizer_hash": tok.hash,
+            "export_tokenizer_hash": Tokenizer.load(out).hash}
 
 
 def _write_generation_files(folder: Path, specials: dict[str, int], meta: dict[str, Any]) -> None:
@@ -106,7 +112,8 @@ def _write_generation_files(folder: Path, specials: dict[str, int], meta: dict[s
         config.eos_token_id = specials["eod"]
         config.bos_token_id = specials["eod"]
         config.pad_token_id = specials["pad"]
-    config.gptscale = {k: meta.get(k) for k in ("tag", "step", "tokens", "world_size", "zero_stage")}
+    config.gptscale = {**{k: meta.get(k) for k in ("tag", "step", "tokens", "world_size", "zero_stage")},
+                       **{k: specials.get(k) for k in ("tokenizer_hash", "export_tokenizer_hash")}}
     config.save_pretrained(str(folder))
     GenerationConfig.from_model_config(config).save_pretrained(str(folder))
 

@@ -13,8 +13,8 @@ anything. The hooks:
 - ``preempt_wait_at_step=N``: every rank holds at the end of step N until a preemption signal arrives from
   outside (``scancel --signal=USR2 JOBID``, submitit's ``job._interrupt()``; at most 600 s), so a test can
   preempt a run mid-way however fast its steps are.
-- ``kill_after_shard=SPLIT:N``: ``gptscale shard`` SIGKILLs itself right after shard N of SPLIT is renamed
-  into place, before its journal records it: a crash between two atomic writes.
+- ``poison_weights_at_step=N``: right before the checkpoint of step N, rank 0 sets one element of the first
+  weight it holds to inf (a weight gone non-finite that the loss has not shown yet).
 - ``kill_at=LABEL[:N]``: the process SIGKILLs itself the Nth time (default 1st) it passes the labelled point
   ``point(LABEL)``; ``kill_job_at=LABEL[:N]`` SIGKILLs its whole process group there instead (every rank
   and the launcher: the whole job dying at that instant). ``LABELS`` lists every point, so a test can take
@@ -32,8 +32,8 @@ import time
 from collections.abc import Callable
 
 ENV = "GPTSCALE_FAULTS"
-HOOKS = ("nan_micro", "kill_after_checkpoint", "preempt_at_step", "preempt_wait_at_step", "kill_after_shard",
-         "kill_at", "kill_job_at")
+HOOKS = ("nan_micro", "kill_after_checkpoint", "preempt_at_step", "preempt_wait_at_step",
+         "kill_at", "kill_job_at", "poison_weights_at_step")
 LABELS: dict[str, str] = {}
 """Every labelled kill point: label -> where it is (filled by `label` at import of the module that has it)."""
 _passed: dict[str, int] = {}
@@ -67,8 +67,49 @@ def nan_micro_steps() -> set[int]:
     return {int(x) for x in spec().get("nan_micro", "").split(",") if x.strip()}
 
 
+def children(pid: int) -> list[int]:
+    """Every descendant of `pid` (from /proc), children first."""
+    parent_of: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent_of[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = [], [pid]
+    while todo:
+        cur = todo.pop()
+        kids = [c for c, p in parent_of.items() if p == cur]
+        out += kids
+        todo += kids
+    return out
+
+
+def kill_tree(pids: list[int]) -> None:
+    """SIGSTOP every other process first (so none reacts to another's death), then SIGKILL them all, this
+    process last."""
+    others = [p for p in pids if p != os.getpid()]
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in others:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    if os.getpid() in pids:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def kill_group() -> None:
-    """SIGKILL this process's whole process group (the launcher and every rank with it)."""
+    """SIGKILL the whole job at once: this process's group and, when started by a launcher (torchrun puts each
+    rank in a session of its own; deepspeed does not), the launcher and every rank it started."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            parent = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        parent = ""
+    if any(name in parent for name in ("torch.distributed.run", "torchrun", "deepspeed")):
+        kill_tree([os.getppid(), *children(os.getppid())])  # this process among them, killed last
     os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
@@ -78,10 +119,17 @@ def after_checkpoint(step: int, rank: int) -> None:
         kill_group()
 
 
-def after_shard(split: str, n_written: int) -> None:
-    """``kill_after_shard``: the shard writer kills itself after shard `n_written` of `split`."""
-    if spec().get("kill_after_shard") == f"{split}:{n_written}":
-        os.kill(os.getpid(), signal.SIGKILL)
+def poison_weights(module, step: int, rank: int) -> None:
+    """``poison_weights_at_step``: rank 0 writes inf into its first non-empty weight before checkpoint `step`."""
+    if rank == 0 and _int("poison_weights_at_step") == step:
+        import torch  # lazy: the shard writer uses this module too
+
+        with torch.no_grad():
+            for _, p in module.named_parameters():
+                t = p.ds_tensor if hasattr(p, "ds_tensor") else p.data
+                if t.numel():
+                    t.view(-1)[0] = float("inf")
+                    return
 
 
 def label(name: str, where: str) -> str:

@@ -52,9 +52,14 @@ def start_run(cfg: RunConfig) -> Run:
     run_dir = Path(cfg.train.run_dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run_dir / CONFIG_FILE, dump_yaml(cfg).encode())
+        write_config(run_dir, cfg)
     dist.barrier()
     return Run(rank, world, local, run_dir, Monitor(run_dir, rank, sinks))
+
+
+def write_config(run_dir: Path, cfg: RunConfig, header: str = "") -> None:
+    """RUN_DIR/config.yaml: `cfg` as YAML under `header` (comment lines, e.g. the resume history)."""
+    atomic_write_bytes(run_dir / CONFIG_FILE, (header + dump_yaml(cfg)).encode())
 
 
 def run_entry_point(prog: str, fn: Callable[[], Any]) -> int:

@@ -15,6 +15,7 @@ the first k blocks kept (`reinit_after`, paper Fig. 2 left).
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,19 @@ def load_init(cfg: RunConfig) -> tuple[GPT, Any]:
     p = Path(init)
     if (p / "config.json").is_file():  # an export or any compatible HF folder
         model, tok = load_hf(p), Tokenizer.load(cfg.data.tokenizer or p)
+        recorded = json.loads((p / "config.json").read_text()).get("gptscale") or {}
+        trained = {recorded.get("tokenizer_hash"), recorded.get("export_tokenizer_hash")} - {None}
     else:
-        model, meta = load_model(p)
+        model, meta = load_model(p, verify=cfg.train.verify_checkpoint)
         tok_dir = cfg.data.tokenizer or meta.get("tokenizer")
         if not tok_dir:
             raise InitError(f"{init}: the checkpoint records no tokenizer; pass --data.tokenizer=<folder>")
         tok = Tokenizer.load(tok_dir)
+        trained = {meta["tokenizer_hash"]} if meta.get("tokenizer_hash") else set()
+    if trained and not trained & tok.hashes:
+        raise InitError(f"tokenizer {tok.path} (sha256 {tok.hash[:12]}...) is not the one {init} was trained with "
+                        f"(sha256 {sorted(trained)[0][:12]}...): its ids would mean other text. Pass "
+                        f"--data.tokenizer=<the pre-training tokenizer folder>")
     missing = tok.missing_task_specials()
     if missing:
         tok = tok.with_task_specials()
