@@ -8,15 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from gptscale.data import corpus
 from gptscale.data.corpus import (
     BATCH_ROWS,
     CorpusError,
     Document,
+    clean_chunks,
     clean_text,
+    decode_bytes,
     expand_inputs,
     iter_documents,
     read_source,
     strip_gutenberg,
+    txt_chunks,
 )
 
 START = re.compile(r"^[ \t]*\*{3}[ \t]*START OF (THE|THIS) PROJECT GUTENBERG", re.IGNORECASE | re.MULTILINE)
@@ -112,6 +116,34 @@ def test_non_utf8_in_jsonl_names_line_and_file_offset(tmp_path, gutenberg_files)
     with pytest.raises(CorpusError, match=rf"bad\.jsonl line 4.*byte offset {offset}\b"):
         list(read_source(str(f)))
     assert len(list(read_source(str(f), errors="replace"))) == 5
+
+
+def test_txt_read_in_pieces_gives_the_same_text_and_errors(tmp_path, gutenberg_files, monkeypatch):
+    """The shard writer's streamed .txt (txt_chunks + clean_chunks, a few bytes at a time): the text of
+    read_source, whatever the cuts (CRLF, a BOM, multi-byte characters and bad bytes across them)."""
+    import random
+
+    rng = random.Random(0)
+    book = gutenberg_files[0].read_bytes()[:3000]
+    parts = [b"a", b" ", b"\r", b"\n", b"\r\n", "\u00e9".encode(), "\u2019".encode(), "\U0001f600".encode(),
+             b"\xff", b"\xe2\x80", b"\xef\xbb\xbf", b"\xed\xa0\x80", b"\xf0\x9f"]
+    f = tmp_path / "x.txt"
+    for n in range(400):
+        data = b"".join(rng.choice(parts) for _ in range(rng.randint(0, 40)))
+        data = (b"\xef\xbb\xbf" if n % 3 == 0 else b"") + (book if n % 50 == 0 else b"") + data
+        f.write_bytes(data)
+        monkeypatch.setattr(corpus, "READ_BYTES", rng.randint(1, 9))
+        for errors in ("strict", "replace"):
+            want = got = None
+            try:
+                want = clean_text(decode_bytes(data, str(f), errors=errors))
+            except CorpusError as e:
+                want = str(e)
+            try:
+                got = "".join(clean_chunks(txt_chunks(str(f), errors)))
+            except CorpusError as e:
+                got = str(e)
+            assert got == want, (data, errors)
 
 
 # ---------------------------------------------------------------------------------------- formats

@@ -167,6 +167,20 @@ def test_long_text_pieces_give_the_whole_texts_tokens(tok_dir, shard_books, shak
     assert list(text_pieces("x" * 2500, 1000)) == ["x" * 1000] * 2 + ["x" * 500]
 
 
+def test_pieces_cut_while_the_text_streams_in_are_the_same(shakespeare):
+    import random
+
+    from gptscale.data.pieces import stream_pieces
+
+    text = shakespeare.read_text(encoding="utf-8")[:200_000] + "x" * 5000 + " \n  \u00e9 end"
+    rng = random.Random(0)
+    for size in (1, 7, 1000, 4096, 50_000):
+        cuts = sorted(rng.sample(range(len(text) + 1), 60)) + [len(text)] * 2  # empty chunks too
+        chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        assert list(stream_pieces(chunks, size)) == list(text_pieces(text, size)), size
+    assert list(stream_pieces([], 10)) == list(text_pieces("", 10)) == [""]
+
+
 def test_documents_cut_into_pieces_give_the_same_shards(tmp_path, shard_dir, shard_books, tok_dir, monkeypatch):
     from gptscale.data import pieces
 
@@ -247,9 +261,29 @@ def test_writer_memory_is_bounded_by_chunks_not_the_longest_document(tmp_path, t
     extra = peaks[line.name] - peaks[many.name]
     print(f"peak RSS of gptscale shard: 10 MB as 100 KB documents {peaks[many.name]:.0f} MB, as one line "
           f"{peaks[line.name]:.0f} MB (+{extra:.0f} MB)")
-    # before: the one line cost ~36x its size more (the whole text tokenized at once); now only the
-    # text itself is held (a str of up to 2 bytes per character, and its bytes while decoding)
-    assert extra < 8 * size / 2**20  # measured: +362 MB before, +46 MB now
+    # before: the one line cost ~36x its size more (the whole text tokenized at once), then ~3x (its bytes and
+    # str held); now the file is streamed (see the next test)
+    assert extra < 8 * size / 2**20  # measured: +362 MB, then +46 MB, now +30 MB
+
+
+@pytest.mark.slow
+def test_writer_memory_does_not_grow_with_a_long_txt_document(tmp_path, tok_dir, shard_books):
+    """A .txt document is read, decoded and hashed in pieces: a 32 MB one-line document costs about what a 1 MB
+    one does (holding it would cost ~3x its size: its bytes and a 2-byte-per-character str)."""
+    words = " ".join(w for b in shard_books for w in b.read_text(encoding="utf-8-sig").split()) + " \u2019"
+    peaks = {}
+    for mb in (1, 32):
+        src = tmp_path / f"line{mb}.txt"
+        with src.open("w", encoding="utf-8") as f:  # one line, written in parts (the test holds no 32 MB str)
+            for _ in range(mb * 2**20 // len(words) + 1):
+                f.write(words)
+        peaks[mb] = peak_rss_mb([sys.executable, "-m", "gptscale", "shard", "--input", str(src), "--tokenizer",
+                                 str(tok_dir), "--out", str(tmp_path / src.stem), "--seq-len", "512",
+                                 "--shard-size-mb", "1", "--val-fraction", "0.5", "--workers", "1"])
+    extra = peaks[32] - peaks[1]
+    print(f"peak RSS of gptscale shard on a one-line .txt: 1 MB {peaks[1]:.0f} MB, 32 MB {peaks[32]:.0f} MB "
+          f"(+{extra:.0f} MB)")
+    assert extra < 40  # measured: +24 MB (+100 MB when the text was held whole)
 
 
 def test_a_write_that_fails_ends_in_one_line_and_the_rerun_resumes(tmp_path, shard_dir, shard_books, tok_dir):

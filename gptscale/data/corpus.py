@@ -18,6 +18,7 @@ Every problem is a ``CorpusError`` naming the file (and line or byte offset) and
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 import os
@@ -35,6 +36,8 @@ HF_PREFIX = "hf:"
 ERRORS = ("strict", "replace")
 BATCH_ROWS = 1024
 """Rows per record batch for parquet and HF datasets."""
+READ_BYTES = 1 << 20
+"""Bytes read at a time by ``txt_chunks``."""
 
 
 class CorpusError(GptscaleError, ValueError):
@@ -187,10 +190,51 @@ def decode_bytes(data: bytes, source: str, *, errors: str, base_offset: int = 0,
     try:
         return data.decode("utf-8", errors="strict" if errors == "strict" else "replace")
     except UnicodeDecodeError as e:
-        offset = base_offset + e.start
-        raise CorpusError(f"{source}{where}: invalid UTF-8 at byte offset {offset} (byte 0x{data[e.start]:02x}); "
-                          f"fix the file's encoding, or pass --errors replace (errors='replace') to decode bad "
-                          f"bytes as U+FFFD") from None
+        raise _utf8_error(source, where, base_offset + e.start, data[e.start]) from None
+
+
+def _utf8_error(source: str, where: str, offset: int, byte: int) -> CorpusError:
+    return CorpusError(f"{source}{where}: invalid UTF-8 at byte offset {offset} (byte 0x{byte:02x}); "
+                       f"fix the file's encoding, or pass --errors replace (errors='replace') to decode bad "
+                       f"bytes as U+FFFD")
+
+
+def txt_chunks(path: str, errors: str) -> Iterator[str]:
+    """``decode_bytes`` of a whole file, read and decoded READ_BYTES at a time: the same text (in pieces) and
+    the same errors, without holding the file (the shard writer's ``.txt`` documents)."""
+    dec = codecs.getincrementaldecoder("utf-8")(errors="strict" if errors == "strict" else "replace")
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(READ_BYTES)
+            held = len(dec.getstate()[0])  # bytes of an unfinished character kept from the last read
+            try:
+                text = dec.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                raise _utf8_error(path, "", offset - held + e.start, e.object[e.start]) from None
+            offset += len(data)
+            if text:
+                yield text
+            if not data:
+                return
+
+
+def clean_chunks(chunks: Iterable[str]) -> Iterator[str]:
+    """``clean_text`` (without Gutenberg cutting) of the text the chunks make up, chunk by chunk."""
+    first, carry = True, ""
+    for chunk in chunks:
+        chunk = carry + chunk
+        if not chunk:
+            continue
+        if first:
+            chunk, first = chunk.removeprefix("\ufeff"), False
+        carry = "\r" if chunk.endswith("\r") else ""  # may be the CR of a CRLF cut by the chunking
+        chunk = chunk[:-1] if carry else chunk
+        chunk = chunk.replace("\r\n", "\n").replace("\r", "\n")
+        if chunk:
+            yield chunk
+    if carry:
+        yield "\n"
 
 
 # ------------------------------------------------------------------------------------------- readers

@@ -12,15 +12,17 @@ every document that completed a shard, so a killed run, rerun with the same argu
 journaled shard and produces the very bytes an uninterrupted run does; it first removes the temporary files
 the killed run left.
 
-Memory is bounded by the chunk sizes, not by the longest document: a document longer than pieces.PIECE_CHARS is
-tokenized in pieces cut right before a space that follows a non-space (where neither sentencepiece, with
-split_by_whitespace, nor a GPT-2-style pre-tokenizer ever joins two tokens, so the tokens are those of the
-whole text), and the tokens are streamed into the packer, which holds less than one shard.
+Memory is bounded by the chunk sizes, not by the longest document: a .txt file is read and decoded in pieces,
+twice (first for its train/val hash, then for its tokens; pieces.text_streams), a document longer than
+pieces.PIECE_CHARS is tokenized in pieces cut right before a space that follows a non-space (where neither
+sentencepiece, with split_by_whitespace, nor a GPT-2-style pre-tokenizer ever joins two tokens, so the tokens
+are those of the whole text), and the tokens are streamed into the packer, which holds less than one shard.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -35,9 +37,9 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from gptscale.data import journal, pieces
-from gptscale.data.corpus import Document, expand_inputs, iter_documents
+from gptscale.data.corpus import expand_inputs
 from gptscale.data.manifest import FORMAT, VERSION, ShardError
-from gptscale.data.pieces import Piece, text_pieces  # noqa: F401 (text_pieces: re-exported)
+from gptscale.data.pieces import Piece, TextStream, text_pieces, text_streams  # noqa: F401 (text_pieces: re-exported)
 from gptscale.tokenizer import Tokenizer
 
 
@@ -61,9 +63,35 @@ def is_val(seed: int, text: str, fraction: float) -> bool:
     and duplicate documents land in the same split (no train/val leakage through copies)."""
     if fraction <= 0:
         return False
-    h = hashlib.blake2b(digest_size=8, key=str(seed).encode()[:64])
+    h = _hasher(seed)
+    _hash_update(h, text)
+    return _below(h, fraction)
+
+
+def split_of(doc: TextStream, seed: int, fraction: float) -> str | None:
+    """'train' or 'val' (`is_val` of its text) for a document, None for a blank one: one pass over its text,
+    chunk by chunk (the whole text is never held)."""
+    h = _hasher(seed) if fraction > 0 else None
+    blank = True
+    for text in doc.chunks():
+        blank = blank and (not text or text.isspace())  # = not text.strip(), without a copy
+        if h is not None:
+            _hash_update(h, text)
+    if blank:
+        return None
+    return "val" if h is not None and _below(h, fraction) else "train"
+
+
+def _hasher(seed: int):
+    return hashlib.blake2b(digest_size=8, key=str(seed).encode()[:64])
+
+
+def _hash_update(h, text: str) -> None:
     for i in range(0, len(text), 1 << 20):  # the same digest as one update, without a copy of a long text
         h.update(text[i:i + (1 << 20)].encode("utf-8", "surrogatepass"))
+
+
+def _below(h, fraction: float) -> bool:
     return struct.unpack("<Q", h.digest())[0] / 2**64 < fraction
 
 
@@ -156,8 +184,9 @@ def write_shards(
         return done
     packers = {s: Packer(s, out, seq_len, rows_per_shard, dtype) for s in journal.SPLITS}
     stats = _restore(journal.load(out, spec), packers)
-    docs = iter_documents(sources, text_field=text_field, gutenberg=gutenberg, errors=errors)
-    batches = pieces.piece_batches(docs, skip=stats["documents"] + stats["empty"])
+    docs = text_streams(sources, text_field=text_field, gutenberg=gutenberg, errors=errors)
+    batches = pieces.piece_batches(docs, stats["documents"] + stats["empty"],
+                                   functools.partial(split_of, seed=seed, fraction=val_fraction))
     n_workers = workers if workers > 0 else max(1, (os.cpu_count() or 1))
     pool = get_context("spawn").Pool(n_workers, pieces.init_worker, (str(tokenizer_dir),)) if n_workers > 1 else None
     if pool is None:  # one process: let sentencepiece use every core on its own
@@ -186,10 +215,7 @@ def _pack(encoded: Iterator[tuple[list[Piece], list[np.ndarray]]], out: Path, sp
     for batch, ids in encoded:
         for piece, tokens in zip(batch, ids):
             if piece.first:
-                text = piece.doc.text
-                blank = not text or text.isspace()  # = not text.strip(), without a copy
-                split = None if blank else "val" if is_val(spec["seed"], text, spec["val_fraction"]) else "train"
-                n_tokens = written = 0
+                split, n_tokens, written = piece.split, 0, 0
             if split is not None and len(tokens):
                 written += packers[split].add(tokens)
             n_tokens += len(tokens)
@@ -266,7 +292,7 @@ def _restore(state: dict | None, packers: dict[str, Packer]) -> dict:
     return state["stats"]
 
 
-def _count(stats: dict, doc: Document, kept: bool) -> None:
+def _count(stats: dict, doc: TextStream, kept: bool) -> None:
     """Count a document in `stats`: kept, or empty (skipped)."""
     key = "documents" if kept else "empty"
     stats[key] += 1
