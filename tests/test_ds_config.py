@@ -116,3 +116,26 @@ def test_pretrain_refuses_a_misspelt_key_before_starting(tmp_path, shard_dir, to
     assert (f"gptscale pretrain: error: {bad}: unknown DeepSpeed key 'zero_optimisation' (did you mean "
             f"'zero_optimization'?)") in p.stderr.splitlines()
     assert "Traceback" not in p.stderr and not (tmp_path / "run").exists()
+
+
+def test_shipped_configs_resolve_from_any_directory_and_install_as_package_data(tmp_path, monkeypatch):
+    """The default train.ds_config (ds_configs/zero2.json) is found from any working directory, and a built
+    wheel carries the files (so `pip install` users get them too)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from gptscale.runtime.engine import ds_config_path
+
+    monkeypatch.chdir(tmp_path)
+    assert ds_config_path("ds_configs/zero2.json").read_bytes() == (REPO / "ds_configs" / "zero2.json").read_bytes()
+    assert load_ds_config("zero3.json")["zero_optimization"]["stage"] == 3
+    (tmp_path / "ds_configs").mkdir()
+    (tmp_path / "ds_configs" / "zero2.json").write_text('{"zero_optimization": {"stage": 1}}')
+    assert load_ds_config("ds_configs/zero2.json")["zero_optimization"]["stage"] == 1  # the user's own file wins
+    with pytest.raises(DSConfigError, match="no such file; shipped with gptscale: ds_configs/zero0.json"):
+        load_ds_config("ds_configs/zero9.json")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "whl"), str(REPO)], check=True, capture_output=True)
+    names = zipfile.ZipFile(next((tmp_path / "whl").glob("*.whl"))).namelist()
+    assert {f"gptscale/ds_configs/{p.name}" for p in (REPO / "ds_configs").glob("*.json")} <= set(names)

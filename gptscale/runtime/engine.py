@@ -9,6 +9,7 @@ silently ignore, is an error naming the file and key.
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -39,11 +40,27 @@ class DSConfigError(GptscaleError, ValueError):
     """A ds_configs file that cannot be used as written."""
 
 
+def ds_config_path(path: str | Path) -> Path:
+    """The file train.ds_config names: the path as given (absolute, or relative to the working directory),
+    else, for ``ds_configs/NAME.json`` or ``NAME.json``, the config of that name shipped with gptscale
+    (package data: the same files from any directory, also after ``pip install``)."""
+    p = Path(path)
+    if p.is_file() or p.is_absolute() or p.parent not in (Path("."), Path("ds_configs")):
+        return p
+    shipped = importlib.resources.files("gptscale.ds_configs") / p.name
+    return Path(str(shipped)) if shipped.is_file() else p
+
+
+def shipped_ds_configs() -> list[str]:
+    return sorted(f.name for f in importlib.resources.files("gptscale.ds_configs").iterdir() if f.name.endswith(".json"))
+
+
 def load_ds_config(path: str | Path) -> dict[str, Any]:
-    """Read a ds_configs JSON, drop documentation keys (leading '_'), and check it."""
-    path = Path(path)
+    """Read a ds_configs JSON (see ds_config_path), drop documentation keys (leading '_'), and check it."""
+    path = ds_config_path(path)
     if not path.is_file():
-        raise DSConfigError(f"train.ds_config={str(path)!r}: no such file (see ds_configs/ for the provided ones)")
+        raise DSConfigError(f"train.ds_config={str(path)!r}: no such file; shipped with gptscale: "
+                            f"{', '.join('ds_configs/' + n for n in shipped_ds_configs())}")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
