@@ -12,6 +12,7 @@ import difflib
 import functools
 import inspect
 import json
+import os
 import textwrap
 import types
 import typing
@@ -169,20 +170,53 @@ def read_config_file(path: str | Path, sections: list[str]) -> Layer:
     return out
 
 
+DS_CONFIG_FLAGS = ("--deepspeed_config", "--deepspeed")
+"""Flags naming a DeepSpeed config file, synonyms of ``--train.ds_config=FILE``: DeepSpeed's own
+``--deepspeed_config FILE``, and HF Trainer's ``--deepspeed FILE``. A bare ``--deepspeed`` (the DeepSpeed
+convention "use DeepSpeed") is accepted and dropped: gptscale always trains with DeepSpeed."""
+
+
+def _ds_config_flag(argv: list[str], i: int, found: list[tuple[str, str]]) -> int:
+    """Read a DS_CONFIG_FLAGS flag at argv[i] into `found` (name, file); the index of the last argument used."""
+    if argv[i] == "--deepspeed" and (i + 1 >= len(argv) or argv[i + 1].startswith("-")):
+        return i  # bare --deepspeed
+    name, value, i = flag_value(argv, i)
+    found.append((name, value))
+    return i
+
+
+def _merge_ds_config(found: list[tuple[str, str]], overrides: Layer) -> None:
+    """Put the DeepSpeed config file flags into the train section, refusing two different files."""
+    train = overrides.setdefault("train", {})
+    given = found + ([(train["ds_config"][1].removeprefix("flag "), str(train["ds_config"][0]))]
+                     if "ds_config" in train else [])
+    files = {os.path.normpath(f) for _, f in given}
+    if len(files) > 1:
+        raise ConfigError("two DeepSpeed config files: " + ", ".join(f"{n}={f}" for n, f in given)
+                          + "; give one of them (--deepspeed_config FILE is --train.ds_config=FILE)")
+    if "ds_config" not in train:
+        name, value = found[-1]
+        train["ds_config"] = (value, f"flag {name}")
+
+
 def parse_overrides(argv: list[str], sections: list[str]) -> tuple[str | None, Layer, list[str]]:
     """Split argv into (--config file, the flag Layer, remaining args).
 
-    Accepts ``--section.key=value`` and ``--section.key value``; arguments without a dot in the flag name
+    Accepts ``--section.key=value`` and ``--section.key value``, and DS_CONFIG_FLAGS (``--deepspeed_config FILE``:
+    train.ds_config; a bare ``--deepspeed`` is dropped); arguments without a dot in the flag name
     (e.g. ``--local_rank=0``, ``--task rte``) are returned untouched for the entry point's own parser.
     """
     config_file: str | None = None
     overrides: Layer = {}
     rest: list[str] = []
+    ds_files: list[tuple[str, str]] = []
     i = 0
     while i < len(argv):
         name = argv[i].partition("=")[0]
         if name == "--config":
             _, config_file, i = flag_value(argv, i)
+        elif name in DS_CONFIG_FLAGS and "train" in sections:
+            i = _ds_config_flag(argv, i, ds_files)
         elif name.startswith("--") and "." in name[2:]:
             _, value, i = flag_value(argv, i)
             section, _, key = name[2:].partition(".")
@@ -192,6 +226,8 @@ def parse_overrides(argv: list[str], sections: list[str]) -> tuple[str | None, L
         else:
             rest.append(argv[i])
         i += 1
+    if ds_files:
+        _merge_ds_config(ds_files, overrides)
     return config_file, overrides, rest
 
 

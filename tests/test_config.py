@@ -127,3 +127,35 @@ def test_range_errors_name_the_file_and_leave_unset_optionals_alone(tmp_path):
     assert cfg.train.eval_interval == 0 and cfg.train.max_tokens is None  # 0 disables evaluation; None is unset
     with pytest.raises(ConfigError, match="train.min_lr=0.001 is above train.lr=0.00025"):
         load_config(["--train.min_lr=1e-3"])
+
+
+def test_deepspeeds_own_flags_name_the_ds_config():
+    """--deepspeed_config FILE (DeepSpeed's flag; HF Trainer's --deepspeed FILE) is --train.ds_config=FILE; a bare
+    --deepspeed ("use DeepSpeed") is dropped; the launcher's --local_rank is left for the entry point."""
+    cfg, rest = load_config(["--deepspeed", "--deepspeed_config", "my.json", "--local_rank=1", "--task", "rte"])
+    assert cfg.train.ds_config == "my.json" and rest == ["--local_rank=1", "--task", "rte"]
+    assert load_config(["--deepspeed_config=my.json", "--deepspeed"])[0].train.ds_config == "my.json"
+    assert load_config(["--deepspeed", "hf.json"])[0].train.ds_config == "hf.json"
+    assert load_config(["--deepspeed_config=a.json", "--train.ds_config=./a.json"])[0].train.ds_config == "./a.json"
+    assert load_config(["--deepspeed"])[0].train.ds_config == "ds_configs/zero2.json"
+
+
+def test_two_different_ds_config_files_are_an_error(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("train:\n  ds_config: ds_configs/zero3.json\n")
+    cfg, _ = load_config(["--config", str(f), "--deepspeed_config", "mine.json"])
+    assert cfg.train.ds_config == "mine.json"  # a flag beats the file, as --train.ds_config does
+    with pytest.raises(ConfigError, match=re.escape(
+            "two DeepSpeed config files: --deepspeed_config=a.json, --train.ds_config=b.json; give one of them")):
+        load_config(["--deepspeed_config", "a.json", "--train.ds_config=b.json"])
+    with pytest.raises(ConfigError, match="--deepspeed_config needs a value"):
+        load_config(["--deepspeed_config"])
+
+
+def test_finetune_command_line_takes_the_deepspeed_launchers_flags():
+    """What `deepspeed gptscale/finetune.py --task rte --deepspeed --deepspeed_config ds.json` hands the script
+    (the launcher appends --local_rank=N)."""
+    from gptscale.finetune import resolve
+
+    cfg = resolve(["--task", "rte", "--deepspeed", "--deepspeed_config", "ds.json", "--local_rank=0"])
+    assert (cfg.finetune.task, cfg.train.ds_config) == ("rte", "ds.json")

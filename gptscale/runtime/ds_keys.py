@@ -15,6 +15,7 @@ unknown keys too. So gptscale checks every key of a ds_configs file against this
 
     schema()                        # {"zero_optimization": {"stage": None, "offload_param": {...}, ...}, ...}
     unknown_key_message(cfg, where) # None, or "<where>: unknown DeepSpeed key 'x' (did you mean 'y'?)"
+    unknown_key_problems(cfg)       # every such key, one line each (engine.check_ds_config lists them all)
 """
 
 from __future__ import annotations
@@ -199,23 +200,32 @@ def nearest_keys(path: str, block: Schema) -> list[str]:
     return [(parent + "." if parent else "") + k for k in found]
 
 
-def unknown_key_message(cfg: Mapping[str, Any], where: str) -> str | None:
-    """The message for the first key DeepSpeed does not know (with the nearest valid key), or None."""
+def unknown_key_problems(cfg: Mapping[str, Any]) -> list[str]:
+    """One line per key DeepSpeed does not know or removed (with the nearest valid key), in file order."""
     import deepspeed
 
+    out = []
     removed_top, removed_zero = removed_keys()
     for key in cfg:
         if key in removed_top:
-            return f"{where}: DeepSpeed key {key!r} was removed from DeepSpeed: {removed_top[key]}"
+            out.append(f"DeepSpeed key {key!r} was removed from DeepSpeed: {removed_top[key]}")
     zero = cfg.get("zero_optimization")
     for key in zero if isinstance(zero, Mapping) else ():
         if key in removed_zero:
-            return f"{where}: DeepSpeed key 'zero_optimization.{key}' was removed: {removed_zero[key]}"
+            out.append(f"DeepSpeed key 'zero_optimization.{key}' was removed: {removed_zero[key]}")
     for path, block in unknown_keys(cfg, schema()):
+        if path in removed_top or (path.startswith("zero_optimization.") and path.partition(".")[2] in removed_zero):
+            continue
         near = nearest_keys(path, block)
         parent = path.rpartition(".")[0]
         hint = (f"did you mean {' or '.join(map(repr, near))}?" if near else
                 f"not a key DeepSpeed {deepspeed.__version__} reads{' in ' + parent if parent else ''}: remove it; "
                 f"the valid keys: {DOCS}")
-        return f"{where}: unknown DeepSpeed key {path!r} ({hint})"
-    return None
+        out.append(f"unknown DeepSpeed key {path!r} ({hint})")
+    return out
+
+
+def unknown_key_message(cfg: Mapping[str, Any], where: str) -> str | None:
+    """The message for the first key DeepSpeed does not know (with the nearest valid key), or None."""
+    problems = unknown_key_problems(cfg)
+    return f"{where}: {problems[0]}" if problems else None

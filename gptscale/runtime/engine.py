@@ -1,9 +1,15 @@
 """The one place where the run config meets DeepSpeed.
 
-ds_configs/*.json hold DeepSpeed-only settings (ZeRO stage, offload, buckets). Batch sizes, accumulation,
-learning rate, optimizer, clipping and precision come from the run config and are filled in here
-(DeepSpeed "auto" style); a ds_configs file that sets one of them, or sets something DeepSpeed would
-silently ignore, is an error naming the file and key.
+train.ds_config names a DeepSpeed JSON: a shipped ds_configs/*.json (DeepSpeed-only settings: ZeRO stage,
+offload, buckets) or a user's own, HF Trainer style. Batch sizes, accumulation, clipping, precision, the
+optimizer's lr/betas/eps/weight_decay and the LR schedule come from the run config: a value "auto" is filled from
+it (as HF Trainer does; ZeRO bucket sizes from model.d_model), an explicit value must agree with it (see
+gptscale.runtime.ds_user). gptscale always builds the optimizer (torch AdamW; DeepSpeedCPUAdam, through an
+optimizer block it writes itself, only with optimizer offload) and the LR schedule (LambdaLR over lr_multiplier)
+itself: the file's optimizer and scheduler blocks are checked, then replaced by what gptscale builds, so a run
+trains the same with a user's file as with the shipped config of the same ZeRO settings. Every problem of a
+file (an unknown key, a value that conflicts with the run config, a setting DeepSpeed would silently ignore) is
+listed in one DSConfigError naming the file, each key, both values and the fix.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ from typing import Any
 import deepspeed
 import torch
 
-from gptscale.config import TrainConfig
+from gptscale.config import ModelConfig, TrainConfig
 from gptscale.errors import GptscaleError
-from gptscale.runtime.ds_keys import unknown_key_message
+from gptscale.runtime import ds_user
+from gptscale.runtime.ds_keys import unknown_key_problems
 
-# Keys the run config owns -> the run-config key to use instead.
+# Keys the run config owns -> the run-config key that sets them ("auto" or an agreeing value in a file).
 RUN_CONFIG_KEYS = {
     "train_batch_size": "train.micro_batch_size / train.grad_accum_steps (global batch is derived)",
     "train_micro_batch_size_per_gpu": "train.micro_batch_size",
@@ -32,22 +39,23 @@ RUN_CONFIG_KEYS = {
     "optimizer": "train.lr / train.beta1 / train.beta2 / train.eps / train.weight_decay",
     "scheduler": "train.warmup_steps / train.max_steps / train.min_lr",
     "bf16": "train.precision",
+    "bfloat16": "train.precision",
     "fp16": "train.precision",
 }
 
 
 class DSConfigError(GptscaleError, ValueError):
-    """A ds_configs file that cannot be used as written."""
+    """A DeepSpeed config file that cannot be used as written."""
 
 
 def ds_config_path(path: str | Path) -> Path:
     """The file train.ds_config names: the path as given (absolute, or relative to the working directory),
-    else, for ``ds_configs/NAME.json`` or ``NAME.json``, the config of that name shipped with gptscale
+    else, for ``NAME``, ``NAME.json`` or ``ds_configs/NAME.json``, the config of that name shipped with gptscale
     (package data: the same files from any directory, also after ``pip install``)."""
     p = Path(path)
     if p.is_file() or p.is_absolute() or p.parent not in (Path("."), Path("ds_configs")):
         return p
-    shipped = importlib.resources.files("gptscale.ds_configs") / p.name
+    shipped = importlib.resources.files("gptscale.ds_configs") / (p.name if p.suffix == ".json" else p.name + ".json")
     return Path(str(shipped)) if shipped.is_file() else p
 
 
@@ -55,18 +63,22 @@ def shipped_ds_configs() -> list[str]:
     return sorted(f.name for f in importlib.resources.files("gptscale.ds_configs").iterdir() if f.name.endswith(".json"))
 
 
-def load_ds_config(path: str | Path) -> dict[str, Any]:
-    """Read a ds_configs JSON (see ds_config_path), drop documentation keys (leading '_'), and check it."""
+def load_ds_config(path: str | Path, train: TrainConfig | None = None, world_size: int | None = None,
+                   total_steps: int | None = None) -> dict[str, Any]:
+    """Read a DeepSpeed JSON (see ds_config_path), drop documentation keys (leading '_'), and check it: alone,
+    or with `train` also against the run config (world_size / total_steps: the checks that need them)."""
     path = ds_config_path(path)
     if not path.is_file():
-        raise DSConfigError(f"train.ds_config={str(path)!r}: no such file; shipped with gptscale: "
-                            f"{', '.join('ds_configs/' + n for n in shipped_ds_configs())}")
+        raise DSConfigError(f"train.ds_config={str(path)!r}: no such file; shipped with gptscale (by name): "
+                            f"{', '.join(n.removesuffix('.json') for n in shipped_ds_configs())}")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DSConfigError(f"{path}: invalid JSON at line {e.lineno} col {e.colno}: {e.msg}") from None
+    if not isinstance(raw, dict):
+        raise DSConfigError(f"{path}: the top level must be an object of DeepSpeed keys")
     cfg = _strip_docs(raw)
-    check_ds_config(cfg, str(path))
+    check_ds_config(cfg, str(path), train, world_size, total_steps)
     return cfg
 
 
@@ -76,32 +88,49 @@ def _strip_docs(obj: Any) -> Any:
     return obj
 
 
-def check_ds_config(cfg: dict[str, Any], where: str) -> None:
-    """Refuse keys DeepSpeed does not know (ds_keys: it would ignore them without a word), settings that belong
-    to the run config, and settings that DeepSpeed would silently ignore."""
-    unknown = unknown_key_message(cfg, where)
-    if unknown:
-        raise DSConfigError(unknown)
-    for key, instead in RUN_CONFIG_KEYS.items():
-        if key in cfg and cfg[key] != "auto":
-            raise DSConfigError(f"{where}: {key!r} comes from the run config; remove it (or set it to \"auto\") "
-                                f"and set {instead}")
-    zero = cfg.get("zero_optimization", {})
+def problem_error(where: str, problems: list[str]) -> DSConfigError:
+    """One error for every problem of a file: one line for one, a list for several."""
+    if len(problems) == 1:
+        return DSConfigError(f"{where}: {problems[0]}")
+    return DSConfigError(f"{where}: {len(problems)} settings cannot be used as written:\n"
+                         + "\n".join(f"  - {p}" for p in problems))
+
+
+def check_ds_config(cfg: dict[str, Any], where: str, train: TrainConfig | None = None, world_size: int | None = None,
+                    total_steps: int | None = None) -> None:
+    """Refuse, all in one DSConfigError: keys DeepSpeed does not know (ds_keys: it would ignore them without a
+    word), settings DeepSpeed would silently ignore, "auto" where nothing fills it, an optimizer or schedule
+    gptscale does not build, and (given `train`) values that conflict with the run config."""
+    problems = unknown_key_problems(cfg) + zero_problems(cfg.get("zero_optimization", {}))
+    problems += ds_user.structure_problems(cfg)
+    if train is not None:
+        problems += ds_user.value_problems(cfg, train, world_size, total_steps)
+    if problems:
+        raise problem_error(where, problems)
+
+
+def zero_problems(zero: Any) -> list[str]:
+    """zero_optimization settings DeepSpeed would ignore without a word (or refuse mid-start)."""
+    if not isinstance(zero, dict):
+        return [f"zero_optimization={json.dumps(zero)}: must be an object"]
     stage = zero.get("stage", 0)
+    if stage == "auto":
+        return []  # structure_problems reports it
     if stage not in (0, 1, 2, 3):
-        raise DSConfigError(f"{where}: zero_optimization.stage={stage!r}; use 0, 1, 2 or 3")
+        return [f"zero_optimization.stage={stage!r}; use 0, 1, 2 or 3"]
+    out = []
     if "offload_param" in zero and stage != 3:
-        raise DSConfigError(f"{where}: zero_optimization.offload_param needs stage 3 (DeepSpeed ignores it at stage "
-                            f"{stage} without a word); set \"stage\": 3 or remove offload_param")
+        out.append(f"zero_optimization.offload_param needs stage 3 (DeepSpeed ignores it at stage {stage} without "
+                   f"a word); set \"stage\": 3 or remove offload_param")
     if "offload_optimizer" in zero and stage == 0:
-        raise DSConfigError(f"{where}: zero_optimization.offload_optimizer needs stage >= 1; set a ZeRO stage")
+        out.append("zero_optimization.offload_optimizer needs stage >= 1; set a ZeRO stage")
     for key in ("offload_param", "offload_optimizer"):
-        dev = zero.get(key, {}).get("device", "cpu") if key in zero else None
+        dev = (zero.get(key) or {}).get("device", "cpu") if key in zero else None
         if dev not in (None, "cpu", "nvme", "none"):
-            raise DSConfigError(f"{where}: zero_optimization.{key}.device={dev!r}; use 'cpu' or 'nvme'")
-    for key in [k for k in zero if k.startswith("stage3_")]:
-        if stage != 3:
-            raise DSConfigError(f"{where}: zero_optimization.{key} only applies at stage 3 (stage is {stage})")
+            out.append(f"zero_optimization.{key}.device={dev!r}; use 'cpu' or 'nvme'")
+    out += [f"zero_optimization.{key} only applies at stage 3 (stage is {stage}); remove it or set \"stage\": 3"
+            for key in zero if key.startswith("stage3_") and stage != 3]
+    return out
 
 
 def offloads_optimizer(ds: dict[str, Any]) -> bool:
@@ -113,8 +142,16 @@ def zero_stage(ds: dict[str, Any]) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
-def build_ds_config(ds: dict[str, Any], train: TrainConfig, world_size: int) -> dict[str, Any]:
-    """Fill the run-config-owned keys into a checked ds_configs dict."""
+FP16_DEFAULTS = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000, "hysteresis": 2,
+                 "min_loss_scale": 1}
+"""Dynamic loss scaling; a file's own fp16 settings (other than enabled) are kept over these."""
+
+
+def build_ds_config(ds: dict[str, Any], train: TrainConfig, world_size: int,
+                    d_model: int | None = None) -> dict[str, Any]:
+    """The config DeepSpeed gets: a checked file with the run config's values in place of the keys it owns
+    ("auto" or agreeing ones), "auto" ZeRO bucket sizes from d_model, no optimizer or scheduler block (gptscale
+    builds both; with optimizer offload it writes the optimizer block DeepSpeedCPUAdam is built from)."""
     dp = world_size  # data-parallel size (no tensor/pipeline parallelism yet)
     global_batch = train.micro_batch_size * train.grad_accum_steps * dp
     if train.global_batch_size is not None and train.global_batch_size != global_batch:
@@ -124,14 +161,21 @@ def build_ds_config(ds: dict[str, Any], train: TrainConfig, world_size: int) -> 
             f"train.grad_accum_steps={max(1, train.global_batch_size // (train.micro_batch_size * dp))} or change the "
             f"world size")
     out = {k: v for k, v in ds.items() if k not in RUN_CONFIG_KEYS}
+    if "zero_optimization" in out:
+        out["zero_optimization"], problems = ds_user.fill_zero_auto(out["zero_optimization"], d_model)
+        if problems:
+            raise problem_error(train.ds_config, problems)
+
+    def own(key: str) -> dict[str, Any]:  # a file's precision block, less what the run config sets
+        return {k: v for k, v in (ds.get(key) or {}).items() if k != "enabled"}
+
     out.update(
         train_batch_size=global_batch,
         train_micro_batch_size_per_gpu=train.micro_batch_size,
         gradient_accumulation_steps=train.grad_accum_steps,
         gradient_clipping=train.grad_clip,
-        bf16={"enabled": train.precision == "bf16"},
-        fp16={"enabled": train.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
-              "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        bf16={**own("bfloat16"), **own("bf16"), "enabled": train.precision == "bf16"},
+        fp16={**FP16_DEFAULTS, **own("fp16"), "enabled": train.precision == "fp16"},
         steps_per_print=out.get("steps_per_print", 10**9),  # we log ourselves
         wall_clock_breakdown=out.get("wall_clock_breakdown", False),
     )
@@ -141,6 +185,11 @@ def build_ds_config(ds: dict[str, Any], train: TrainConfig, world_size: int) -> 
             "weight_decay": train.weight_decay}}
         out.setdefault("zero_force_ds_cpu_optimizer", True)
     return out
+
+
+def model_width(model: torch.nn.Module) -> int | None:
+    """model.d_model of the GPT inside `model` (a GPT, or a task model holding one), else None."""
+    return next((m.cfg.d_model for m in model.modules() if isinstance(getattr(m, "cfg", None), ModelConfig)), None)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -187,9 +236,11 @@ def lr_scheduler(opt: torch.optim.Optimizer, train: TrainConfig, total_steps: in
 
 def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, total_steps: int,
                  load_universal: bool = False):
-    """deepspeed.initialize with the run config filled into the ds_configs file; returns the engine.
+    """deepspeed.initialize with the run config filled into train.ds_config (checked against it first: every
+    conflict in one DSConfigError); returns the engine.
     load_universal: the checkpoint to load was converted to DeepSpeed's universal format (elastic resume)."""
-    ds = build_ds_config(load_ds_config(train.ds_config), train, world_size)
+    ds = load_ds_config(train.ds_config, train, world_size, total_steps)
+    ds = build_ds_config(ds, train, world_size, model_width(model))
     if load_universal:
         ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     if train.compile:
