@@ -172,7 +172,7 @@ def main() -> None:
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     tok_dir = work / f"tok{a.vocab_size}"
-    if not (tok_dir / "tokenizer.json").exists():
+    if not (tok_dir / "tokenizer.model").exists():
         from gptscale.tokenizer import train_tokenizer  # lazy: see the imports
 
         train_tokenizer(books, tok_dir, a.vocab_size, gutenberg=True, sample_sentences=300_000)

@@ -46,6 +46,7 @@ import yaml
 from gptscale.files import atomic_write_json
 from gptscale.runtime.dist import drop_stale, free_port
 from gptscale.tasks.outputs import METRICS_FILE, PREDICTIONS_FILE, read_best
+from gptscale.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -226,8 +227,7 @@ class Pipeline:
 
     def shards(self, tok: Path) -> None:
         """OUT/shards, rebuilt unless stamped with this tokenizer, seq_len and corpus (they are deterministic)."""
-        tok_json = tok / "tokenizer.json"
-        tok_hash = json.loads(tok_json.read_text()).get("hash") if tok_json.is_file() else None
+        tok_hash = Tokenizer.load(tok).hash
         shards = self.out / "shards"
         stamp = {"tokenizer": str(tok), "tok_hash": tok_hash, "seq_len": self.a.seq_len, "corpus": self.corpus}
         stamp_file = shards / "bench_stamp.json"

@@ -6,9 +6,12 @@
 
     gptscale tokenizer train --input data/gutenberg/ --vocab-size 32000 --out runs/tok --gutenberg
 
-A gptscale tokenizer folder holds ``tokenizer.model`` (sentencepiece) and ``tokenizer.json`` (our
+A gptscale tokenizer folder holds ``tokenizer.model`` (sentencepiece), ``gptscale_tokenizer.json`` (our
 metadata: ``"format": "gptscale-tokenizer"``, special ids, the sha256 ``hash`` of tokenizer.model, the
-sources it was trained on). Training settings make encode/decode round-trip any text exactly: identity
+sources it was trained on) and the model's exact Hugging Face twin (``tokenizer.json`` +
+``tokenizer_config.json``, gptscale.tokenizer_hf), so ``transformers.AutoTokenizer.from_pretrained(folder)``
+loads it with the same ids. Folders written before gptscale kept its metadata under HF's ``tokenizer.json``
+still load here (``LEGACY_META_FILE``). Training settings make encode/decode round-trip any text exactly: identity
 normalization, no whitespace collapsing, no dummy-prefix space, byte fallback for unseen characters.
 
 Special tokens are sentencepiece *control symbols* (ids: pad 0, unk 1, eod 2, start 3, delim 4, extract 5):
@@ -44,9 +47,10 @@ SPECIALS = {"pad": "<pad>", "eod": "<|endoftext|>", "start": "<|start|>", "delim
 FORMAT = "gptscale-tokenizer"
 VERSION = 1
 MODEL_FILE = "tokenizer.model"
-META_FILE = "tokenizer.json"
-TOKENIZER_META = "gptscale_tokenizer.json"
-"""Our tokenizer metadata inside a Hugging Face folder (``tokenizer.json`` is Hugging Face's own file)."""
+META_FILE = "gptscale_tokenizer.json"
+"""Our tokenizer metadata, in tokenizer folders and in the Hugging Face folders gptscale writes."""
+LEGACY_META_FILE = "tokenizer.json"
+"""Where tokenizer folders written before kept the metadata (Hugging Face's name: read, never written)."""
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                       "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model",
                       "sentencepiece.bpe.model")
@@ -88,8 +92,9 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
-        """A gptscale tokenizer folder (its ``tokenizer.json`` says ``"format": "gptscale-tokenizer"``) or a
-        local Hugging Face tokenizer folder (loaded with ``transformers.AutoTokenizer``, never the hub)."""
+        """A gptscale tokenizer folder (its META_FILE, or the LEGACY_META_FILE of an older one, says ``"format":
+        "gptscale-tokenizer"``; loaded with sentencepiece) or a local Hugging Face tokenizer folder (loaded with
+        ``transformers.AutoTokenizer``, never the hub)."""
         p = Path(path)
         if not p.is_dir():
             raise TokenizerError(f"tokenizer {str(path)!r}: no such directory; pass a folder written by "
@@ -165,8 +170,16 @@ class Tokenizer:
 
 
 def _read_meta(folder: Path) -> dict[str, Any] | None:
-    """Our metadata from ``folder/tokenizer.json``, or None when that file is absent or is HF's."""
-    f = folder / META_FILE
+    """Our sentencepiece metadata from ``folder/META_FILE`` (when the model is there too) or from an older
+    folder's LEGACY_META_FILE; None for a Hugging Face folder."""
+    meta = _meta_from(folder / META_FILE)
+    if meta is not None and meta.get("type") == "sentencepiece" and (
+            (folder / MODEL_FILE).is_file() or not (folder / LEGACY_META_FILE).is_file()):
+        return meta  # (a missing model without a Hugging Face twin to fall back on is an error below)
+    return _meta_from(folder / LEGACY_META_FILE)
+
+
+def _meta_from(f: Path) -> dict[str, Any] | None:
     if not f.is_file():
         return None
     try:
@@ -183,12 +196,13 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
 def _load_sentencepiece(folder: Path, meta: dict[str, Any]) -> Tokenizer:
     model = folder / MODEL_FILE
     if not model.is_file():
-        raise TokenizerError(f"{folder}: {META_FILE} is there but {MODEL_FILE} is missing; copy the whole folder")
+        raise TokenizerError(f"{folder}: its tokenizer metadata is there but {MODEL_FILE} is missing; copy the "
+                             f"whole folder")
     data = model.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != meta.get("hash"):
         raise TokenizerError(f"{model}: sha256 {digest[:12]}... does not match the hash {str(meta.get('hash'))[:12]}"
-                             f"... in {META_FILE}; the folder was edited or mixed, retrain it")
+                             f"... in its {META_FILE}; the folder was edited or mixed, retrain it")
     sp = spm.SentencePieceProcessor(model_proto=data)
     for name, i in meta["special_ids"].items():
         if sp.id_to_piece(i) != SPECIALS[name]:
@@ -205,9 +219,9 @@ def _hash_hf_folder(folder: Path) -> str:
 
 
 def _twin_of(folder: Path) -> str | None:
-    """The hash of the gptscale tokenizer an exported HF folder is the twin of (its TOKENIZER_META), if any."""
+    """The hash of the gptscale tokenizer an HF folder is the twin of (its META_FILE), if any."""
     try:
-        return json.loads((folder / TOKENIZER_META).read_text()).get("hash")
+        return json.loads((folder / META_FILE).read_text()).get("hash")
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -328,8 +342,11 @@ def train_tokenizer(inputs: list[str], out_dir: str | Path, vocab_size: int, *, 
             "special_ids": _special_ids(model),
             "special_tokens": dict(SPECIALS), "hash": hashlib.sha256(model).hexdigest(), "trained_on": sources,
             "sample_sentences": sample_sentences, "seed": seed}
+    from gptscale.tokenizer_hf import add_hf_twin  # lazy: it imports transformers
+
     atomic_write_bytes(out / MODEL_FILE, model)
-    atomic_write_bytes(out / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    add_hf_twin(out, meta)
+    atomic_write_bytes(out / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())  # last: the folder is whole
     return Tokenizer.load(out)
 
 
@@ -356,7 +373,8 @@ def cli_train(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="gptscale tokenizer train", description=cli_train.__doc__)
     parser.add_argument("--input", nargs="+", required=True, help="files, globs, directories or hf:NAME specs")
     parser.add_argument("--vocab-size", type=int, required=True, help="vocabulary size (specials included)")
-    parser.add_argument("--out", required=True, help="output folder (tokenizer.model + tokenizer.json)")
+    parser.add_argument("--out", required=True, help="output folder (tokenizer.model, "
+                        "gptscale_tokenizer.json, and tokenizer.json + tokenizer_config.json for AutoTokenizer)")
     parser.add_argument("--text-field", default="text", help="JSON field / column holding the text")
     parser.add_argument("--gutenberg", action="store_true", help="strip Project Gutenberg header and footer")
     parser.add_argument("--errors", choices=ERRORS, default="strict", help="what to do with non-UTF-8 bytes")

@@ -19,29 +19,59 @@ files copied as they are.
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from sentencepiece import sentencepiece_model_pb2 as pb
+from tokenizers import processors
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import SpmConverter
 
-from gptscale.tokenizer import HF_TOKENIZER_FILES, MODEL_FILE, TOKENIZER_META, Tokenizer, TokenizerError
+from gptscale.tokenizer import HF_TOKENIZER_FILES, META_FILE, MODEL_FILE, Tokenizer, TokenizerError
+
+MODEL_INPUTS = ("input_ids", "attention_mask")
+"""What the tokenizer returns: no token_type_ids, which GPT-2 / OpenAI-GPT models would add as embeddings."""
 
 
-def save_hf(tok: Tokenizer, folder: str | Path, max_length: int) -> None:
+def save_hf(tok: Tokenizer, folder: str | Path, max_length: int, task_template: bool = False) -> None:
     """Write Hugging Face tokenizer files for ``tok`` into ``folder`` (Tokenizer.load and AutoTokenizer read
-    them): a Hugging Face tokenizer (task specials included) through save_pretrained, ours as its twin."""
+    them): a Hugging Face tokenizer (task specials included) through save_pretrained, ours as its twin.
+    ``task_template``: the post-processor adds GPT-1's task tokens (``task_template_processor``)."""
     if tok.hf is not None:
-        tok.hf.save_pretrained(str(folder))
-        return
-    write_sentencepiece_as_hf(Path(tok.path), Path(folder), tok.to_json(), max_length)
+        hf = copy.deepcopy(tok.hf)
+        hf.model_max_length = max_length
+    else:
+        hf = hf_tokenizer_from_sentencepiece(Path(tok.path) / MODEL_FILE, tok.to_json(), max_length)
+    hf.model_input_names = list(MODEL_INPUTS)
+    if task_template:
+        current = hf.backend_tokenizer.post_processor
+        template = task_template_processor(tok)
+        hf.backend_tokenizer.post_processor = (
+            template if current is None else processors.Sequence([current, template]))
+    hf.save_pretrained(str(folder))
+    if tok.hf is None:
+        shutil.copyfile(Path(tok.path) / MODEL_FILE, Path(folder) / MODEL_FILE)
+        (Path(folder) / META_FILE).write_text(json.dumps(tok.to_json(), indent=2) + "\n")
 
 
-def hf_tokenizer_from_sentencepiece(model_file: Path, meta: dict[str, Any], max_length: int) -> Any:
-    """A transformers fast tokenizer that encodes like our sentencepiece model (see the module docstring)."""
+def task_template_processor(tok: Tokenizer) -> Any:
+    """GPT-1's input transformation as a ``tokenizers`` post-processor: ``<|start|> $A <|extract|>`` for one
+    text, ``<|start|> $A <|delim|> $B <|extract|>`` for a pair (the tokens and ids of ``tok``)."""
+    names = ("start", "delim", "extract")
+    toks = tok.to_json()["special_tokens"]
+    s, d, e = (toks[n] for n in names)
+    ids = [(toks[n], getattr(tok, f"{n}_id")) for n in names]
+    return processors.TemplateProcessing(single=f"{s} $A {e}", pair=f"{s} $A {d} $B {e}", special_tokens=ids)
+
+
+def hf_tokenizer_from_sentencepiece(model_file: Path, meta: dict[str, Any], max_length: int | None) -> Any:
+    """A transformers fast tokenizer that encodes like our sentencepiece model (see the module docstring);
+    ``max_length``: the model's context (``model_max_length``), None for a tokenizer without a model."""
     proto = pb.ModelProto()
     proto.ParseFromString(model_file.read_bytes())
     spec = proto.normalizer_spec
@@ -55,14 +85,21 @@ def hf_tokenizer_from_sentencepiece(model_file: Path, meta: dict[str, Any], max_
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token=proto.trainer_spec.unk_piece, pad_token=st["pad"],
         eos_token=st["eod"], bos_token=st["eod"], additional_special_tokens=extra,
-        split_special_tokens=True, clean_up_tokenization_spaces=False, model_max_length=max_length)
+        split_special_tokens=True, clean_up_tokenization_spaces=False, model_input_names=list(MODEL_INPUTS),
+        **({} if max_length is None else {"model_max_length": max_length}))
 
 
-def write_sentencepiece_as_hf(tok_dir: Path, out: Path, meta: dict[str, Any], max_length: int) -> None:
-    hf = hf_tokenizer_from_sentencepiece(tok_dir / MODEL_FILE, meta, max_length)
-    hf.save_pretrained(str(out))
-    shutil.copyfile(tok_dir / MODEL_FILE, out / MODEL_FILE)
-    (out / TOKENIZER_META).write_text(json.dumps(meta, indent=2) + "\n")
+def add_hf_twin(folder: Path, meta: dict[str, Any]) -> None:
+    """Write the Hugging Face twin (tokenizer.json, tokenizer_config.json, ...) of ``folder/tokenizer.model``
+    into ``folder``, each file atomically (built in a temporary subfolder, then renamed into place)."""
+    tmp = Path(tempfile.mkdtemp(prefix=".hf-", dir=folder))
+    try:
+        hf_tokenizer_from_sentencepiece(folder / MODEL_FILE, meta, None).save_pretrained(str(tmp))
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, folder / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
 
 
 def copy_hf_tokenizer(tok_dir: Path, out: Path) -> None:

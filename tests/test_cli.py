@@ -73,3 +73,28 @@ def test_hf_check_replaces_its_own_output_but_never_a_users_folder(tmp_path):
     p = run("hf-check", "--model.preset=gpt2-tiny", "--out", str(user), check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "is never replaced" in p.stderr
     assert (user / "checkpoints" / "latest").read_text() == "step_00000100"
+
+
+@pytest.mark.slow
+def test_pretrain_and_finetune_run_from_a_directory_outside_the_checkout(tmp_path, shard_dir, tok_dir, data_dir):
+    """As after `pip install`: the working directory is not the checkout, run folders are relative to it, and
+    the DeepSpeed configs are found by name (the default, and `--train.ds_config=zero2`) as package data."""
+    from helpers import REPO, child_env
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    assert REPO not in work.parents
+    common = ["--model.preset=gpt2-tiny", "--model.n_ctx=64", "--train.precision=fp32"]
+    pre = [sys.executable, "-m", "gptscale", "pretrain", f"--data.shards={shard_dir}", f"--data.tokenizer={tok_dir}",
+           "--data.seq_len=32", "--train.run_dir=runs/pre", "--train.max_steps=2", "--train.micro_batch_size=4",
+           "--train.warmup_steps=1", "--train.checkpoint_interval=2", "--train.eval_interval=2",
+           "--train.eval_steps=1", "--train.peak_tflops=1", "--model.vocab_size=2000", *common]
+    ft = [sys.executable, "-m", "gptscale", "finetune", "--task", "sst2", "--init", "runs/pre", "--data-dir",
+          str(data_dir), "--train.run_dir=runs/sst2", "--train.ds_config=zero2", "--finetune.train_samples=32",
+          "--finetune.eval_samples=16", "--finetune.epochs=1", "--finetune.batch_size=8",
+          "--finetune.micro_batch_size=8", *common]
+    for cmd in (pre, ft):
+        p = subprocess.run(cmd, cwd=work, env=child_env(), capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert (work / "runs" / "pre" / "checkpoints" / "step_00000002" / "gptscale.json").is_file()
+    assert (work / "runs" / "sst2" / "metrics.json").is_file() and (work / "runs" / "sst2" / "model" / "config.json").is_file()

@@ -259,7 +259,7 @@ def test_failed_export_leaves_nothing_half_written(runs, tmp_path, tok_dir):
     an existing --out (with --overwrite) is kept as it was."""
     bad_tok = tmp_path / "tok"
     bad_tok.mkdir()
-    (bad_tok / "tokenizer.json").write_bytes((tok_dir / "tokenizer.json").read_bytes())
+    (bad_tok / "gptscale_tokenizer.json").write_bytes((tok_dir / "gptscale_tokenizer.json").read_bytes())
     (bad_tok / "tokenizer.model").write_bytes((tok_dir / "tokenizer.model").read_bytes()[:-7] + b"corrupt")
     out = tmp_path / "exports" / "hf"
     with pytest.raises(ExportError, match="sha256"):

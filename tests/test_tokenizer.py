@@ -31,14 +31,15 @@ def unseen_text(all_gutenberg_files) -> str:
 
 def test_folder_and_special_ids(tok):
     folder = Path(tok.path)
-    meta = json.loads((folder / "tokenizer.json").read_text())
+    meta = json.loads((folder / "gptscale_tokenizer.json").read_text())
     assert meta["format"] == "gptscale-tokenizer" and meta["version"] == 1 and meta["type"] == "sentencepiece"
     assert meta["special_ids"] == EXPECTED_IDS and meta["special_tokens"] == SPECIALS
     assert meta["hash"] == hashlib.sha256((folder / "tokenizer.model").read_bytes()).hexdigest() == tok.hash
     assert meta["seed"] == 0 and meta["sample_sentences"] == 2_000_000 and len(meta["trained_on"]) == 4
     assert tok.to_json() == meta and tok.vocab_size == VOCAB
     assert (tok.pad_id, tok.eod_id, tok.start_id, tok.delim_id, tok.extract_id) == (0, 2, 3, 4, 5)
-    assert sorted(p.name for p in folder.iterdir()) == ["tokenizer.json", "tokenizer.model"]  # no temp files left
+    assert sorted(p.name for p in folder.iterdir()) == [  # no temp files left
+        "gptscale_tokenizer.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
 
 
 def test_round_trip_real_text(tok, unseen_text, gutenberg_files):
@@ -102,11 +103,11 @@ def test_load_errors(tmp_path, tok):
     with pytest.raises(TokenizerError, match="nowhere.*no such directory"):
         Tokenizer.load(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(TokenizerError, match="empty.*neither a gptscale tokenizer.json nor Hugging Face"):
+    with pytest.raises(TokenizerError, match="empty.*neither a gptscale gptscale_tokenizer.json nor Hugging Face"):
         Tokenizer.load(tmp_path / "empty")
     edited = tmp_path / "edited"
     edited.mkdir()
-    (edited / "tokenizer.json").write_text((Path(tok.path) / "tokenizer.json").read_text())
+    (edited / "gptscale_tokenizer.json").write_text((Path(tok.path) / "gptscale_tokenizer.json").read_text())
     with pytest.raises(TokenizerError, match="tokenizer.model is missing"):
         Tokenizer.load(edited)
     (edited / "tokenizer.model").write_bytes((Path(tok.path) / "tokenizer.model").read_bytes() + b"\0")
@@ -193,3 +194,31 @@ def test_cli_train_bad_input(tmp_path, capsys):
     assert rc == 2 and "gptscale tokenizer train: error:" in err and "nope" in err and "matched no" in err
     with pytest.raises(SystemExit):
         cli_train(["--input", "x.txt", "--vocab-size", "800", "--out", "o", "--errors", "ignore"])
+
+
+def test_folder_loads_in_transformers_with_the_same_ids(tok, unseen_text):
+    """The folder `gptscale tokenizer train` writes is a Hugging Face tokenizer folder: AutoTokenizer gives
+    gptscale's ids on real text (default call, specials on), the same special ids, and the same text back."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(tok.path)
+    paras = [p for p in unseen_text.split("\n\n") if p.strip()][:300]
+    assert hf(paras)["input_ids"] == tok.encode_batch(paras)
+    assert hf(unseen_text)["input_ids"] == tok.encode(unseen_text)
+    assert (hf.pad_token_id, hf.eos_token_id) == (tok.pad_id, tok.eod_id)
+    assert hf.convert_tokens_to_ids(["<|start|>", "<|delim|>", "<|extract|>"]) == [3, 4, 5]
+    literal = "a literal <|endoftext|> and <|extract|> stay text"
+    assert hf(literal)["input_ids"] == tok.encode(literal) and not {2, 5} & set(tok.encode(literal))
+    ids = tok.encode(unseen_text[:5000]) + [tok.eod_id]
+    assert hf.decode(ids) == tok.decode(ids)
+
+
+def test_folders_written_before_still_load(tmp_path, tok, unseen_text):
+    """An older tokenizer folder (metadata in HF's reserved tokenizer.json, no HF twin) loads as before."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "tokenizer.model").write_bytes((Path(tok.path) / "tokenizer.model").read_bytes())
+    (old / "tokenizer.json").write_text((Path(tok.path) / "gptscale_tokenizer.json").read_text())
+    loaded = Tokenizer.load(old)
+    assert loaded.hash == tok.hash and loaded.hf is None
+    assert loaded.encode(unseen_text[:20000]) == tok.encode(unseen_text[:20000])

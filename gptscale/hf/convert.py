@@ -59,6 +59,11 @@ HF_ACTIVATIONS = {
 }
 # HF buffers some older checkpoints carry (causal masks); not weights, safe to drop on import.
 HF_BUFFERS = (".attn.bias", ".attn.masked_bias")
+HF_HEADS = ("score.", "multiple_choice_head.")
+"""Task heads of HF classifier / double-heads folders: not part of the GPT body, skipped on import."""
+LM_DIR = "lm"
+"""Subfolder of a fine-tuned classifier folder holding its exact causal-LM body (gptscale.hf.task_export):
+``load_hf`` reads the body from there, since the classifier's own final LayerNorm carries the folded head bias."""
 
 
 def hf_family(cfg: ModelConfig) -> str:
@@ -152,7 +157,7 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> d
     """HF LMHeadModel (or base-model) state dict -> ours. Missing, unexpected or mis-shaped keys raise."""
     state = {}
     for k, v in hf_state.items():
-        if k.endswith(HF_BUFFERS):
+        if k.endswith(HF_BUFFERS) or k.startswith(HF_HEADS):
             continue
         if not k.startswith(("transformer.", "lm_head.")):
             k = "transformer." + k  # a base model saved on its own has no 'transformer.' prefix
@@ -240,8 +245,11 @@ def _torch_load(path: str) -> dict[str, torch.Tensor]:
 
 
 def load_hf(folder: str | Path) -> GPT:
-    """Our GPT from a local HF folder (config.json + model.safetensors or pytorch_model.bin)."""
+    """Our GPT from a local HF folder (config.json + model.safetensors or pytorch_model.bin); for a gptscale
+    classifier folder, the exact body in its LM_DIR; the task heads of HF classifier folders are skipped."""
     folder = Path(folder)
+    if (folder / LM_DIR / "config.json").is_file():
+        folder = folder / LM_DIR
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{folder}: no config.json; expected a Hugging Face model folder")

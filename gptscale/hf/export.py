@@ -35,7 +35,7 @@ from gptscale.hf.convert import check_hf_folder, export_hf, write_hf
 from gptscale.model import GPT
 from gptscale.runtime.checkpoint import META_FILE, load_model, resolve
 from gptscale.tokenizer import Tokenizer, TokenizerError
-from gptscale.tokenizer_hf import copy_hf_tokenizer, write_sentencepiece_as_hf
+from gptscale.tokenizer_hf import copy_hf_tokenizer, save_hf
 
 
 class ExportError(GptscaleError, ValueError):
@@ -98,7 +98,7 @@ def write_tokenizer(tok_dir: Path, out: Path, cfg: ModelConfig, trained_hash: st
                           f"{cfg.vocab_size}; wrong tokenizer for this checkpoint")
     meta = tok.to_json()
     if meta["type"] == "sentencepiece":
-        write_sentencepiece_as_hf(tok_dir, out, meta, cfg.n_ctx)
+        save_hf(tok, out, cfg.n_ctx)
     else:
         copy_hf_tokenizer(tok_dir, out)
     return {"pad": tok.pad_id, "eod": tok.eod_id, "tokenizer_hash": tok.hash,

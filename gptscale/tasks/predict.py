@@ -4,14 +4,18 @@
     gptscale predict --model runs/finetune/rte/model --text "A man sleeps." --text-pair "A person rests."
     gptscale predict --model runs/finetune/sst2/model --file reviews.tsv [--out preds.tsv]
 
-A fine-tuned model folder (written by finetune.py at its best dev epoch, atomically) is a Hugging Face
-folder whose GPT body loads with `transformers.AutoModelForCausalLM` and whose tokenizer loads with
-`AutoTokenizer`, plus the task head:
+A fine-tuned model folder (written by finetune.py at its best dev epoch, atomically) is the task's native
+Hugging Face model (gptscale.hf.task_export: `AutoModelForSequenceClassification`, or a double-heads model for
+multiple choice, whose tokenizer adds GPT-1's task tokens itself), plus what `gptscale predict` reads:
 
-    config.json, model.safetensors         the GPT body (as `gptscale export` writes it)
-    tokenizer files                        incl. the <|start|> <|delim|> <|extract|> task tokens
-    task_head.safetensors                  head.weight (out, d_model), head.bias (out,)
+    config.json, model.safetensors         the HF classifier / double-heads model (head bias folded exactly)
+    tokenizer files                        incl. the <|start|> <|delim|> <|extract|> post-processor
+    lm/                                    classifiers: the fine-tuned body as an exact causal LM
+    task_head.safetensors                  gptscale's head: head.weight (out, d_model), head.bias (out,)
     gptscale_task.json                     task name, kind, labels, symmetric, truncation, dev metrics
+
+`gptscale predict` runs the unfolded body (lm/, or the folder itself for multiple choice and for folders written
+before, whose config.json is a causal LM) with task_head.safetensors.
 
 A folder whose gptscale_task.json is not JSON or lacks a key (TASK_KEYS), or whose safetensors files are
 truncated, is a PredictError naming the file: re-run the fine-tuning that wrote it, or copy it again.
@@ -35,13 +39,13 @@ from safetensors.torch import load_file, save_file
 
 from gptscale.errors import GptscaleError, run_cli
 from gptscale.files import atomic_dir, atomic_write_bytes
-from gptscale.hf.convert import load_hf, write_hf
+from gptscale.hf.convert import load_hf
+from gptscale.hf.task_export import write_task_folder
 from gptscale.model import GPT
 from gptscale.tasks import KINDS, TASKS, TRUNCATION, Example, Task, collate, encode_example
 from gptscale.tasks.heads import TaskModel, predictions
 from gptscale.tasks.readers import json_lines, read_rows
 from gptscale.tokenizer import Tokenizer
-from gptscale.tokenizer_hf import save_hf
 
 TASK_FILE = "gptscale_task.json"
 HEAD_FILE = "task_head.safetensors"
@@ -53,13 +57,14 @@ class PredictError(GptscaleError, ValueError):
 
 def save_task_model(out: Path, state: dict[str, torch.Tensor], model_cfg, task: Task, tok, info: dict[str, Any],
                     truncation: str = "halves") -> Path:
-    """Write the fine-tuned model folder from a TaskModel state dict (keys `gpt.*`, `head.*`), atomically."""
+    """Write the fine-tuned model folder from a TaskModel state dict (keys `gpt.*`, `head.*`), atomically: the
+    native Hugging Face model of the task (gptscale.hf.task_export) plus gptscale's own head and task file."""
     gpt = GPT(model_cfg)
     gpt.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("gpt.")}, strict=True)
+    head = {k: state[k].detach().cpu().contiguous() for k in ("head.weight", "head.bias")}
     with atomic_dir(out, overwrite=True, kind="task-model") as tmp:
-        write_hf(gpt, tmp)
-        save_hf(tok, tmp, model_cfg.n_ctx)
-        save_file({k: state[k].contiguous() for k in ("head.weight", "head.bias")}, str(tmp / HEAD_FILE))
+        write_task_folder(tmp, gpt, head, task, tok, {**info, "truncation": truncation})
+        save_file(head, str(tmp / HEAD_FILE))
         meta = {"task": task.name, "kind": task.kind, "num_labels": task.num_labels,
                 "label_names": task.label_names, "metrics": task.metrics, "symmetric": task.symmetric,
                 "truncation": truncation, "max_len": model_cfg.n_ctx, **info}

@@ -19,7 +19,10 @@ special tokens; text is cut from the end of a segment:
 - ``"halves"`` (default, the GPT-1 reference code's rule): each of the two segments keeps at most
   ``max_len // 2 - 2`` tokens (total <= ``max_len - 1``).
 - ``"share"``: the two segments share ``B = max_len - 3`` tokens: when both fit nothing is cut, else the
-  shorter keeps ``min(len, B // 2)`` and the longer gets the rest (never less text than ``"halves"``).
+  shorter keeps ``min(len, B // 2)`` and the longer gets the rest (never less text than ``"halves"``); of two
+  equally long segments the first keeps ``B // 2``. This is Hugging Face's ``truncation="longest_first"``
+  exactly, so a tokenizer with GPT-1's post-processor (gptscale.hf.task_export) cuts pairs the same way.
+- similarity: each ordering is cut as a pair of its own (they differ only for equally long segments).
 - multiple choice: each answer follows the rule above against the context; the context budget is then
   ``max_len - 3 - (longest kept answer)`` so every choice sees the same context. When there is a question
   (RACE) article and question share that budget by the ``"share"`` rule (question kept whole if it fits
@@ -88,11 +91,8 @@ def encode_example(task: Task, example: Example, tokenizer: Any, max_len: int,
     if example.text_b is None:
         return [[s] + a[:max_len - 2] + [e]]
     b = enc(example.text_b)
-    a, b = _cut2(a, b, max_len, truncation)
-    seqs = [[s] + a + [d] + b + [e]]
-    if task.symmetric:
-        seqs.append([s] + b + [d] + a + [e])
-    return seqs
+    orders = [(a, b), (b, a)] if task.symmetric else [(a, b)]
+    return [[s] + x + [d] + y + [e] for x, y in (_cut2(p, q, max_len, truncation) for p, q in orders)]
 
 
 def collate(encoded_batch: Sequence[Sequence[Sequence[int]]], pad_id: int) -> tuple[Any, Any, Any]:
