@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from gptscale.tasks import TASKS, TaskDataError, load_task
+from gptscale.tasks.base import HELDOUT
+from gptscale.tasks.outputs import extra_splits
+from gptscale.tasks.readers import read_dicts
 from gptscale.tasks.registry import task_for
 from helpers import TINY, gptscale
 
@@ -126,8 +129,9 @@ def test_every_needed_column_is_checked_when_a_file_is_read(tmp_path):
     with pytest.raises(TaskDataError) as e:
         task_for("custom", d)  # inferring the labels reads the train file: the label column is checked there
     assert str(e.value) == (f"{d / 'train.csv'}: no column(s) ['label']; its header has ['text', 'y']; expected "
-                            f"CSV/TSV with a header, or JSON lines, with columns ['text', 'label'] (label optional "
-                            f"on test); set --text-col / --text-pair-col / --label-col to the file's column names")
+                            f"CSV/TSV with a header, JSON lines, parquet, .arrow or a DatasetDict save_to_disk split "
+                            f"folder, with columns ['text', 'label'] (label optional on test); set --text-col / "
+                            f"--text-pair-col / --label-col to the file's column names")
     task, _ = task_for("custom", d, label_col="y")
     assert task.label_names == ["a", "b"]
     (d / "dev.csv").write_text("text\nx\n")  # no label column in dev: an error when dev is read, not later
@@ -201,3 +205,159 @@ def test_cli_stops_on_bad_custom_files_before_any_model(tmp_path, data_dir):
     f.write_bytes(csv_text(["text", "label"], sst[:5]).encode() + b"na\xefve,1\n")
     msg = finetune_error(tmp_path, f)
     assert msg.startswith(f"{f}:7: not UTF-8: byte 0xef at byte offset ") and "re-encode the file as UTF-8" in msg
+
+
+# ------------------------------------------- datasets: save_to_disk folders, parquet files, hf:NAME[:CONFIG]
+
+SST_CLASSES = ["negative", "positive"]
+MRPC_CLASSES = ["not_equivalent", "equivalent"]  # id order is not sorted order: the ClassLabel's order must win
+RTE = {"text_col": "sentence1", "text_pair_col": "sentence2"}
+
+
+def glue_dataset(data_dir: Path, task: str, split: str, cols: list[str], classes: list[str]):
+    """A datasets.Dataset of a GLUE split as its registry task reads the TSV, the label a ClassLabel (-1: none)."""
+    import datasets
+
+    exs = TASKS[task].load(data_dir, split)
+    data = {cols[0]: [e.text_a for e in exs], **({cols[1]: [e.text_b for e in exs]} if len(cols) > 1 else {}),
+            "label": [-1 if e.label is None else e.label for e in exs]}
+    return datasets.Dataset.from_dict(data, features=datasets.Features(
+        {**{c: datasets.Value("string") for c in cols}, "label": datasets.ClassLabel(names=classes)}))
+
+
+def tsv_dataset(path: Path):
+    """A datasets.Dataset of a TSV's columns as strings (read by the TSV reader the custom task uses)."""
+    import datasets
+
+    head, recs = read_dicts(path, "\t")
+    return datasets.Dataset.from_dict({c: [r[c] for _, r in recs] for c in head})
+
+
+def rows(exs: list) -> list[tuple]:
+    return [(e.text_a, e.text_b, e.label, e.meta) for e in exs]
+
+
+def assert_like_glue(got: Path, data_dir: Path, task: str, cols: list[str], classes: list[str], counts: tuple):
+    """The custom task on ``got`` gives the registry task's Examples of its TSVs: texts, labels, classes, counts."""
+    t, folder = task_for("custom", got, text_col=cols[0], text_pair_col=cols[1] if len(cols) > 1 else None)
+    assert (t.kind, t.label_names) == ("entailment" if len(cols) > 1 else "classification", classes)
+    for split, n in zip(("train", "dev", "test"), counts):
+        want = [(e.text_a, e.text_b, e.label) for e in TASKS[task].load(data_dir, split)]
+        assert [(e.text_a, e.text_b, e.label) for e in t.load(folder, split)] == want and len(want) == n, split
+    return t, folder
+
+
+def test_datasetdict_folders_read_like_the_tsvs(tmp_path, data_dir):
+    import datasets
+
+    for task, cols, classes, counts in (("sst2", ["sentence"], SST_CLASSES, (67349, 872, 1821)),
+                                        ("mrpc", ["sentence1", "sentence2"], MRPC_CLASSES, (3668, 408, 1725))):
+        dd = datasets.DatasetDict({ours: glue_dataset(data_dir, task, glue, cols, classes) for ours, glue in
+                                   (("train", "train"), ("validation", "dev"), ("test", "test"))})
+        dd.save_to_disk(tmp_path / task)
+        t, folder = assert_like_glue(tmp_path / task, data_dir, task, cols, classes, counts)
+        assert [len(x) for x in t.fit_splits(folder)[:2]] == list(counts[:2])  # dev is the validation split
+        assert all(e.label is None for e in t.load(folder, "test"))  # -1: no label
+
+
+def test_single_dataset_folder_reads_like_a_single_file(tmp_path, data_dir):
+    """One Dataset's save_to_disk folder is read for every split, epochs selected on a held-out part of it."""
+    tsv = data_dir / "glue" / "RTE" / "train.tsv"
+    tsv_dataset(tsv).save_to_disk(tmp_path / "rte")
+    (want, want_dir), (got, got_dir) = task_for("custom", tsv, **RTE), task_for("custom", tmp_path / "rte", **RTE)
+    assert (got.kind, got.label_names, got.dev_split) == (want.kind, want.label_names, want.dev_split) == (
+        "entailment", ["entailment", "not_entailment"], HELDOUT)
+    (tr, dv, names), (tr2, dv2, names2) = want.fit_splits(want_dir), got.fit_splits(got_dir)
+    assert (rows(tr2), rows(dv2), names2) == (rows(tr), rows(dv), names) and len(tr) + len(dv) == 2490
+    assert names == ("train", "heldout (249 of train)") and extra_splits(got, got_dir, names) == {}
+
+
+def test_parquet_files_and_the_hub_layout_read_like_the_tsvs(tmp_path, data_dir, monkeypatch):
+    import datasets
+
+    rte = data_dir / "glue" / "RTE"
+    for split, name in (("train", "train"), ("dev", "validation"), ("test", "test")):
+        tsv_dataset(rte / f"{split}.tsv").to_parquet(tmp_path / "rte" / f"{name}.parquet")
+    want, want_dir = task_for("custom", rte, **RTE)  # the TSVs through the custom task: strings, inferred classes
+    got, got_dir = task_for("custom", tmp_path / "rte", **RTE)
+    assert (got.kind, got.label_names) == (want.kind, want.label_names) == ("entailment", ["entailment",
+                                                                                       "not_entailment"])
+    for split, n in (("train", 2490), ("dev", 277), ("test", 3000)):
+        exs = want.load(want_dir, split)
+        assert rows(got.load(got_dir, split)) == rows(exs) and len(exs) == n, split
+    one, one_dir = task_for("custom", tmp_path / "rte" / "train.parquet", **RTE)  # a single parquet file
+    assert one.dev_split == HELDOUT and rows(one.load(one_dir, "train")) == rows(want.load(want_dir, "train"))
+    hub = tmp_path / "sst2" / "data"  # the Hub's layout, train in two shards, the ClassLabel in the parquet metadata
+    train = glue_dataset(data_dir, "sst2", "train", ["sentence"], SST_CLASSES)
+    for i in range(2):
+        train.shard(2, i, contiguous=True).to_parquet(hub / f"train-0000{i}-of-00002.parquet")
+    for ours, glue in (("validation", "dev"), ("test", "test")):
+        part = glue_dataset(data_dir, "sst2", glue, ["sentence"], SST_CLASSES)
+        part.to_parquet(hub / f"{ours}-00000-of-00001.parquet")
+    assert_like_glue(hub.parent, data_dir, "sst2", ["sentence"], SST_CLASSES, (67349, 872, 1821))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))  # hf: a local folder
+    t, _ = assert_like_glue(f"hf:{hub.parent}", data_dir, "sst2", ["sentence"], SST_CLASSES, (67349, 872, 1821))
+    assert Path(t.folder).is_relative_to(tmp_path / "cache")  # read from the Arrow files load_dataset wrote
+
+
+def test_dataset_errors_name_what_was_there(tmp_path, data_dir):
+    """A missing column names the folder and the columns found; parquet bytes never reach the text decoder; an
+    empty folder lists what was looked for; hf: offline names the call tried."""
+    import datasets
+
+    sst = glue_dataset(data_dir, "sst2", "dev", ["sentence"], SST_CLASSES)
+    datasets.DatasetDict(train=sst).save_to_disk(tmp_path / "dd")
+    with pytest.raises(TaskDataError) as e:
+        task_for("custom", tmp_path / "dd")
+    assert str(e.value).startswith(f"{tmp_path / 'dd' / 'train'}: no column(s) ['text']; its columns are "
+                                   f"['sentence', 'label']; expected CSV/TSV with a header, JSON lines, parquet")
+    sst.to_parquet(tmp_path / "p" / "train.csv")  # parquet bytes, a text name
+    with pytest.raises(TaskDataError, match=r"train.csv: a parquet file, not text; name it .parquet"):
+        task_for("custom", tmp_path / "p" / "train.csv")
+    (tmp_path / "p" / "train.parquet").write_text("text,label\nx,1\n")  # text bytes, a parquet name
+    with pytest.raises(TaskDataError, match=r"train.parquet: not readable as a .parquet table \(Arrow"):
+        task_for("custom", tmp_path / "p" / "train.parquet")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TaskDataError) as e:
+        TASKS["custom"].fit_splits(tmp_path / "empty")
+    assert all(f" {p}" in str(e.value) for p in ("train.csv,", "train.parquet,", "data/train-*.parquet,",
+                                                  "train/state.json", "state.json ("))
+    with pytest.raises(TaskDataError) as e:
+        task_for("custom", "hf:nyu-mll/glue:sst2")  # conftest sets HF_HUB_OFFLINE=1
+    assert str(e.value).startswith("--data-dir hf:nyu-mll/glue:sst2: datasets.load_dataset('nyu-mll/glue', "
+                                   "'sst2') failed (") and "HF_HUB_OFFLINE" in str(e.value)
+
+
+def test_cli_stops_on_bad_datasets_input_before_any_model(tmp_path, data_dir):
+    import datasets
+
+    sst = glue_dataset(data_dir, "sst2", "dev", ["sentence"], SST_CLASSES)
+    datasets.DatasetDict(train=sst, validation=sst).save_to_disk(tmp_path / "dd")
+    assert finetune_error(tmp_path, tmp_path / "dd").startswith(
+        f"{tmp_path / 'dd' / 'train'}: no column(s) ['text']; its columns are ['sentence', 'label']")
+    msg = finetune_error(tmp_path, "hf:nyu-mll/glue:sst2")
+    assert msg.startswith("--data-dir hf:nyu-mll/glue:sst2: datasets.load_dataset('nyu-mll/glue', 'sst2') failed") \
+        and "HF_HUB_OFFLINE" in msg
+
+
+@pytest.mark.slow
+def test_finetune_from_a_save_to_disk_folder(tmp_path, data_dir, tok_dir):
+    """A few steps on a DatasetDict of real MRPC pairs: rc 0, dev metrics, its ClassLabel names in the model."""
+    import datasets
+
+    cols = ["sentence1", "sentence2"]
+    parts = {s: glue_dataset(data_dir, "mrpc", g, cols, MRPC_CLASSES).select(range(n)) for s, g, n in
+             (("train", "train", 48), ("validation", "dev", 16), ("test", "test", 8))}
+    datasets.DatasetDict(parts).save_to_disk(tmp_path / "mrpc")
+    run = tmp_path / "run"
+    gptscale("finetune", "--task", "custom", "--data-dir", tmp_path / "mrpc", "--text-col", "sentence1",
+             "--text-pair-col", "sentence2", "--init", "none", f"--data.tokenizer={tok_dir}", "--finetune.epochs=1",
+             f"--train.run_dir={run}", *TINY)
+    m = json.loads((run / "metrics.json").read_text())
+    meta = json.loads((run / "model" / "gptscale_task.json").read_text())
+    assert m["primary"] == "accuracy" and 0.0 <= m["best"]["accuracy"] <= 1.0 and m["dev_split"] == "dev"
+    assert (meta["kind"], meta["label_names"]) == ("entailment", MRPC_CLASSES)
+    preds = (run / "predictions_dev.tsv").read_text().splitlines()[1:]
+    gold = [MRPC_CLASSES[y] for y in parts["validation"]["label"]]
+    assert len(preds) == 16 and [r.split("\t")[3] for r in preds] == gold
+    assert len((run / "submission" / "custom.tsv").read_text().splitlines()) == 1 + 8  # the unlabelled test split

@@ -37,8 +37,9 @@ SNLI pairs without a gold label (``-``) are dropped, as everyone does.
 (RACE's per-level accuracy), ``submission_digits`` (GLUE submissions as 0/1), ``labels_from_files`` (the
 custom task: ``Task.with_labels`` returns a new Task with kind and labels read from its files).
 
-The custom task (your CSV / TSV / JSONL files; its kind inferred from the labels only when they are unambiguous,
-else an error asking for --finetune.task_kind): gptscale/tasks/custom.py.
+The custom task (your CSV / TSV / JSONL / parquet files, a datasets save_to_disk folder or hf:NAME; its kind
+inferred from the labels only when they are unambiguous, else an error asking for --finetune.task_kind):
+gptscale/tasks/custom.py, gptscale/tasks/datasets_io.py.
 
 Input transformations, truncation, batching and scoring: gptscale/tasks/transforms.py.
 """

@@ -92,6 +92,10 @@ class Task:
     labels_from_files: Callable[[Task, Path], Task] | None = None
     """For a task whose kind and labels come from its files (custom): returns the task with them read from a
     data folder; see ``with_labels``."""
+    data_for: Callable[[Task, Path], Task] | None = None
+    """For a task whose sources depend on what ``data_dir`` is (custom: a datasets save_to_disk folder of one
+    Dataset, read for every split; ``hf:NAME[:CONFIG]``): returns the task for that data_dir, its data_for
+    None; ``with_labels`` calls it first."""
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -103,11 +107,13 @@ class Task:
         return self.kind != INFER and (self.kind == "regression" or bool(self.label_names))
 
     def with_labels(self, data_dir: str | Path) -> Task:
-        """This task with its kind, labels and metrics known: itself, or a new Task with those read from the
-        files under ``data_dir`` (``labels_from_files``). The task itself never changes."""
-        if self.labels_from_files is None or self.labels_known():
-            return self
-        return self.labels_from_files(self, Path(data_dir))
+        """This task for ``data_dir`` (``data_for``) with its kind, labels and metrics known: itself, or a new
+        Task with those read from the files under ``data_dir`` (``labels_from_files``). The task itself never
+        changes."""
+        task = self.data_for(self, Path(data_dir)) if self.data_for else self
+        if task.labels_from_files is None or task.labels_known():
+            return task
+        return task.labels_from_files(task, Path(data_dir))
 
     # ------------------------------------------------------------------------------ file resolution
 
@@ -139,8 +145,10 @@ class Task:
                 hits = self._match(folder, src)
                 if hits:
                     return hits, src
-        looked = ", ".join(str(f) for f in self._folders(root))
-        wanted = " or ".join(f"{' + '.join(s.patterns)} ({s.layout})" for s in self.sources[split])
+        looked = ", ".join(dict.fromkeys(str(f) for f in self._folders(root)))
+        layouts = dict.fromkeys(s.layout for s in self.sources[split])  # each layout once, its patterns together
+        wanted = " or ".join(", ".join(" + ".join(s.patterns) for s in self.sources[split] if s.layout == lay)
+                             + f" ({lay})" for lay in layouts)
         raise TaskDataError(
             f"task {self.name!r} split {split!r}: no file found; looked in {looked} for {wanted}. "
             f"Pass --data-dir pointing at the data root (the folder holding {self.folder}/) or at the "

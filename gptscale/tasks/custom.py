@@ -1,5 +1,6 @@
-"""The custom task: your own CSV / TSV / JSON-lines files, their columns named by --text-col / --text-pair-col
-/ --label-col, its kind and classes inferred from the labels only when they are unambiguous.
+"""The custom task: your own CSV / TSV / JSON-lines / parquet files or ``datasets`` data, their columns named by
+--text-col / --text-pair-col / --label-col, its kind and classes inferred from the labels only when they are
+unambiguous.
 
 **Files** (gptscale.tasks.readers, one parser per format by suffix): ``.csv`` (the csv module, quoted fields),
 ``.tsv`` (tab-separated, unquoted), ``.jsonl`` / ``.json`` (one JSON object per line). A CSV/TSV needs a header
@@ -7,6 +8,13 @@ row and every row exactly its fields (a tab inside a TSV text is an error at its
 text column(s) must be in every file and the label column in every train / dev / validation file, each row with
 a label; a test file may leave labels out. All of this is checked when a file is read: for fine-tuning, before
 the model or the DeepSpeed engine is built. A missing column names the file, the column and the columns there.
+
+**datasets** (gptscale/tasks/datasets_io.py, read with the datasets / pyarrow libraries into the same rows):
+``{split}.parquet``, ``{split}-*.parquet``, ``data/{split}-*.parquet`` (the Hub's layout), ``{split}/*.parquet``,
+``{split}.arrow``, a DatasetDict save_to_disk folder (``{split}/state.json``), a single Dataset's save_to_disk
+folder (read for every split, epochs selected on a held-out part, as a single file), and ``hf:NAME[:CONFIG]``
+(datasets.load_dataset). Splits: train, dev else validation, test, as for files. A ClassLabel label column
+gives the classes, in id order (unless --finetune.label_names names them).
 
 **Label inference** (no --finetune.task_kind, no --finetune.label_names), on the distinct labels of the train
 file (else dev, else validation, else a test file with labels). A *number* is a decimal literal (``-2``,
@@ -41,8 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptscale.tasks.base import _S, INFER, Example, Parser, Task, TaskDataError
-from gptscale.tasks.readers import read_table
+from gptscale.tasks import datasets_io
+from gptscale.tasks.base import _S, INFER, Example, Parser, Source, Task, TaskDataError
+from gptscale.tasks.readers import Table, read_table
 
 CUSTOM_KINDS = ("classification", "entailment", "similarity", "regression")
 """The kinds a custom task can be (--finetune.task_kind)."""
@@ -52,6 +61,10 @@ LABELLED_SPLITS = ("train", "dev", "validation")
 """Splits whose every row needs a label (a test file's labels are optional)."""
 KIND_FLAG = "--finetune.task_kind=classification|regression (text pairs: entailment|similarity)"
 COLUMN_FLAGS = "--text-col / --text-pair-col / --label-col"
+SPLIT_PATTERNS = ("{}.csv", "{}.tsv", "{}.jsonl", "{}.json", "{}.parquet", "{}-*.parquet", "data/{}-*.parquet",
+                  "{}/*.parquet", "{}.arrow", "{}/state.json")
+"""Where a split's file(s) may be, first found wins ({} is the split name); the last: a DatasetDict's split."""
+FORMATS = "CSV/TSV with a header, JSON lines, parquet, .arrow or a DatasetDict save_to_disk split folder"
 
 
 @dataclass(frozen=True)
@@ -87,28 +100,32 @@ def _text(rec: dict[str, Any], col: str, where: str) -> str:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    raise TaskDataError(f"{where}: column {col!r} holds a JSON {type(value).__name__}, not a text")
+    what = "null" if value is None else f"a {type(value).__name__}"
+    raise TaskDataError(f"{where}: column {col!r} holds {what}, not a text")
 
 
-def read_checked(path: Path, cols: Columns, need_label: bool, layout: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) of a custom-task file whose text columns (and label column when ``need_label``)
-    are all there: in the CSV/TSV header, or on every JSON line; TaskDataError naming file, column and fix."""
-    head, recs = read_table(path)
-    if not recs:
-        raise TaskDataError(f"{path}: no rows{' after the header' if head else ''}; expected {layout}")
+def read_checked(paths: list[Path], cols: Columns, need_label: bool, layout: str) -> Table:
+    """The rows of a custom-task split whose text columns (and label column when ``need_label``) are all
+    there: in the CSV/TSV header or the table's columns, or on every JSON line; TaskDataError naming the file
+    (or folder), the column, the columns there and the fix."""
+    table = read_table(paths)
+    where, head = table.where, table.head
+    if not table.rows:
+        raise TaskDataError(f"{where}: no rows{' after the header' if head and not table.shards else ''}; "
+                            f"expected {layout}")
     want = cols.texts + ([cols.label] if need_label else [])
     if head is not None:
         missing = [c for c in want if c not in head]
         if missing:
-            raise TaskDataError(f"{path}: no column(s) {missing}; its header has {head}; expected {layout}; set "
-                                f"{COLUMN_FLAGS} to the file's column names")
-        return recs
-    for n, r in recs:
+            raise TaskDataError(f"{where}: no column(s) {missing}; {table.columns_are} {head}; expected {layout}; "
+                                f"set {COLUMN_FLAGS} to the file's column names")
+        return table
+    for n, r in table.rows:
         missing = [c for c in want if r.get(c) is None]
         if missing:
-            raise TaskDataError(f"{path}:{n}: no key(s) {missing} (or null); this line has {sorted(r)}; expected "
+            raise TaskDataError(f"{where}:{n}: no key(s) {missing} (or null); this line has {sorted(r)}; expected "
                                 f"{layout}; set {COLUMN_FLAGS} to the file's keys")
-    return recs
+    return table
 
 
 def _shown(labels: list[str]) -> str:
@@ -160,7 +177,7 @@ def _metrics_for(kind: str) -> list[str]:
     return ["pearson", "spearman"] if kind == "regression" else ["accuracy"]
 
 
-def _labels_reader(cols: Columns, layout: str) -> Callable[[Task, Path], Task]:
+def _labels_reader(cols: Columns) -> Callable[[Task, Path], Task]:
     """``Task.labels_from_files`` of a custom task: kind, labels and metrics from the label column of the
     train file under the data folder (else dev, validation, or a test file that has labels)."""
 
@@ -169,18 +186,19 @@ def _labels_reader(cols: Columns, layout: str) -> Callable[[Task, Path], Task]:
         split = next((s for s in found if s in LABELLED_SPLITS), "test" if "test" in found else None)
         if split is None:
             return task  # no file at all: loading a split reports it
-        path = task.resolve(data_dir, split)[0][0]
         need = split in LABELLED_SPLITS
-        values = [label_text(r.get(cols.label), f"{path}:{n}", cols.label)
-                  for n, r in read_checked(path, cols, need, layout)]
+        paths, src = task.resolve(data_dir, split)
+        table = read_checked(paths, cols, need, src.layout)
+        values = [label_text(r.get(cols.label), table.at(n), cols.label) for n, r in table.rows]
         values = [v for v in values if v is not None]
         if not values:
             if need:
-                raise TaskDataError(f"{path}: column {cols.label!r} holds no label; a {split} file needs one on "
-                                    f"every row (set --label-col to the label column)")
+                raise TaskDataError(f"{table.where}: column {cols.label!r} holds no label; a {split} file needs "
+                                    f"one on every row (set --label-col to the label column)")
             return task  # an unlabelled test file alone: nothing to infer
-        family, names = infer_labels(values, f"{path} (label column {cols.label!r})",
-                                     None if task.kind == INFER else task.kind, task.label_names)
+        family, names = infer_labels(values, f"{table.where} (label column {cols.label!r})",
+                                     None if task.kind == INFER else task.kind,
+                                     task.label_names or table.classes.get(cols.label, []))
         kind = task.kind if task.kind != INFER else "entailment" if cols.pair and family == "classification" \
             else family
         return dataclasses.replace(task, kind=kind, label_names=names, num_labels=max(len(names), 1),
@@ -193,10 +211,10 @@ def _parser(cols: Columns, need_label: bool, layout: str) -> Parser:
     """Parser of one split's file; ``need_label``: every row has a label (train / dev / validation)."""
 
     def parse(task: Task, paths: list[Path]) -> list[Example]:
-        path = paths[0]
+        table = read_checked(paths, cols, need_label, layout)
         out = []
-        for i, (n, r) in enumerate(read_checked(path, cols, need_label, layout)):
-            where = f"{path}:{n}"
+        for i, (n, r) in enumerate(table.rows):
+            where = table.at(n)
             raw = label_text(r.get(cols.label), where, cols.label)
             if raw is None and need_label:
                 raise TaskDataError(f"{where}: no label in column {cols.label!r}; every row of a train / dev file "
@@ -211,11 +229,12 @@ def _parser(cols: Columns, need_label: bool, layout: str) -> Parser:
 
 def custom_task(text_col: str = "text", text_pair_col: str | None = None, label_col: str = "label",
                 kind: str | None = None, label_names: Sequence[str] | None = None, name: str = "custom") -> Task:
-    """A task from your own CSV / TSV / JSONL files: ``{split}.csv|tsv|jsonl|json`` in data_dir (or data_dir
-    is the file itself, used for any split: see registry.task_for). ``kind`` (one of CUSTOM_KINDS) and the
-    classes are inferred from the train labels when not given, by the rule of the module docstring. The Task
-    returned leaves them to ``Task.with_labels(data_dir)`` (task_for and ``Task.load`` call it), which returns
-    a new Task: this one never changes."""
+    """A task from your own files: ``{split}.csv|tsv|jsonl|json``, parquet, arrow or datasets folders in
+    data_dir (SPLIT_PATTERNS; or data_dir is the file itself, used for any split: see registry.task_for; or a
+    single Dataset's save_to_disk folder, or ``hf:NAME[:CONFIG]``: datasets_io.bind_data_dir). ``kind`` (one
+    of CUSTOM_KINDS) and the classes are inferred from the train labels when not given, by the rule of the
+    module docstring. The Task returned leaves them to ``Task.with_labels(data_dir)`` (task_for and
+    ``Task.load`` call it), which returns a new Task: this one never changes."""
     if kind is not None and kind not in CUSTOM_KINDS:
         raise TaskDataError(f"custom task: kind {kind!r} is not one of {CUSTOM_KINDS}; set {KIND_FLAG}")
     names = list(label_names or [])
@@ -225,12 +244,23 @@ def custom_task(text_col: str = "text", text_pair_col: str | None = None, label_
     if len(set(names)) < len(names):
         raise TaskDataError(f"custom task: label_names {names} repeat a name; give each class once, in id order")
     cols = Columns(text_col, text_pair_col or None, label_col)
-    lay = (f"CSV/TSV with a header, or JSON lines, with columns {cols.texts + [label_col]} (label optional on "
-           f"test)")
-    patterns = {s: [_S(f"{s}.{ext}", _parser(cols, s in LABELLED_SPLITS, lay), lay)
-                    for ext in ("csv", "tsv", "jsonl", "json")]
-                for s in ("train", "dev", "validation", "test")}
+    patterns = {s: _split_sources(s, cols) for s in ("train", "dev", "validation", "test")}
     patterns["dev"] += patterns["validation"]  # dev.* else validation.*
+    one = f"a datasets save_to_disk folder of one Dataset (read for every split), {_with(cols)}"
+    patterns["train"].append(_S(datasets_io.DATASET_STATE, _parser(cols, True, one), one))
     return Task(name=name, kind=kind or INFER, num_labels=max(len(names), 1), label_names=names,
                 metrics=_metrics_for(kind or ""), hub=("", None), folder=".", sources=patterns,
-                symmetric=kind == "similarity", labels_from_files=_labels_reader(cols, lay))
+                symmetric=kind == "similarity", labels_from_files=_labels_reader(cols),
+                data_for=datasets_io.bind_data_dir)
+
+
+def _with(cols: Columns) -> str:
+    return f"with columns {cols.texts + [cols.label]} (label optional on test)"
+
+
+def _split_sources(split: str, cols: Columns) -> list[Source]:
+    """Where one split of a custom task may be, first found wins: its CSV / TSV / JSON-lines file, parquet
+    file(s), arrow file, DatasetDict split folder (see the module docstring); one parser for all of them."""
+    lay = f"{FORMATS}, {_with(cols)}"
+    parse = _parser(cols, split in LABELLED_SPLITS, lay)
+    return [_S(pat.format(split), parse, lay) for pat in SPLIT_PATTERNS]

@@ -52,7 +52,8 @@ def label_text(task: Task, value: Any, digits: bool = False) -> str:
 
 def submission_path(run_dir: Path, task: Task, split: str) -> Path:
     """RUN_DIR/submission/<GLUE name><suffix>.tsv (RTE.tsv, MNLI-m.tsv, ...)."""
-    name = Path(task.folder).name if task.folder not in ("", ".") else task.name
+    from_files = task.labels_from_files is not None  # custom: its folder may be a datasets cache directory
+    name = Path(task.folder).name if task.folder not in ("", ".") and not from_files else task.name
     return run_dir / SUBMISSION_DIR / f"{name}{SUBMISSION_SUFFIX.get(split, '-' + split)}.tsv"
 
 

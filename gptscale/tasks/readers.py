@@ -1,12 +1,16 @@
-"""The shared file readers (CSV, TSV, JSON lines: one parser each) and the parsers of the local task files (GLUE
-TSV, JSON samples, RACE, Story Cloze, IMDB). The custom task: gptscale/tasks/custom.py."""
+"""The shared file readers (CSV, TSV, JSON lines: one parser each; parquet, arrow and ``datasets`` folders through
+gptscale/tasks/datasets_io.py) and the parsers of the local task files (GLUE TSV, JSON samples, RACE, Story Cloze,
+IMDB). The custom task: gptscale/tasks/custom.py."""
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import json
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +22,24 @@ from gptscale.tasks.base import Example, Parser, Task, TaskDataError
 # every error naming the file and line.
 
 UTF8_BOM = b"\xef\xbb\xbf"
+BINARY_MAGIC = {b"PAR1": "a parquet file", b"ARROW1\x00": "an Arrow IPC file",
+                b"\xff\xff\xff\xff": "an Arrow stream (a datasets .arrow file)"}
+"""Leading bytes of the table formats that are never decoded as text (datasets_io reads them); a parquet file
+also ends with its magic."""
+DATASET_SUFFIXES = (".parquet", ".arrow")
+"""File suffixes read_table hands to gptscale/tasks/datasets_io.py (as are save_to_disk folders)."""
 
 
 def read_text(path: Path) -> str:
     """The text of a UTF-8 file, a leading BOM dropped; a file that is not UTF-8 is a TaskDataError naming
-    the line and byte offset of the first bad byte and how to re-encode it."""
+    the line and byte offset of the first bad byte and how to re-encode it, and a parquet / Arrow file (by its
+    leading bytes, whatever its name) one saying so."""
     data = Path(path).read_bytes()
+    kind = next((k for magic, k in BINARY_MAGIC.items()
+                 if data.startswith(magic) and (magic != b"PAR1" or data.endswith(magic))), None)
+    if kind:
+        raise TaskDataError(f"{path}: {kind}, not text; name it .parquet / .arrow so that it is read as a table "
+                            f"(custom task), or pass the CSV / TSV / JSON-lines file the task expects")
     skip = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
     try:
         return data[skip:].decode("utf-8")
@@ -99,14 +115,52 @@ def json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
-def read_table(path: Path) -> tuple[list[str] | None, list[tuple[int, dict[str, Any]]]]:
-    """(header, [(line number, record)]) of a file by its suffix, one parser each: ``.jsonl`` / ``.json``:
-    JSON lines (header None: each line has its own keys); ``.tsv``: tab-separated; anything else: CSV. Both
-    of those need a header row, and every row its fields (``read_dicts``)."""
+@dataclass
+class Table:
+    """The rows of one split, whatever its format: what the custom task checks and turns into Examples."""
+
+    where: str
+    """The file or folder read (the first one, when a split has several shards)."""
+    head: list[str] | None
+    """Column names; None for JSON lines (each line has its own keys)."""
+    rows: list[tuple[int, dict[str, Any]]]
+    """(line number, record) of a text file; (row index over all shards, record) of a datasets table."""
+    classes: dict[str, list[str]] = field(default_factory=dict)
+    """A ``datasets.ClassLabel`` column -> its names in id order (its records hold the names, None for -1)."""
+    shards: list[tuple[int, str]] = field(default_factory=list)
+    """(first row, file or folder) of each shard of a datasets table; empty for a text file."""
+
+    def at(self, n: int) -> str:
+        """Where row ``n`` is, for errors: ``file:line`` of a text file, ``shard row i`` of a datasets table."""
+        if not self.shards:
+            return f"{self.where}:{n}"
+        start, name = self.shards[bisect.bisect_right([s for s, _ in self.shards], n) - 1]
+        return f"{name} row {n - start}"
+
+    @property
+    def columns_are(self) -> str:
+        """How errors introduce ``head``."""
+        return "its columns are" if self.shards else "its header has"
+
+
+def read_table(paths: Sequence[Path]) -> Table:
+    """The rows of one split's file(s) by suffix, one parser each: ``.parquet`` / ``.arrow`` files and
+    ``datasets`` save_to_disk folders (or their ``state.json``): gptscale/tasks/datasets_io.py (several
+    paths are shards, read in order); ``.jsonl`` / ``.json``: JSON lines (header None: each line has its own
+    keys); ``.tsv``: tab-separated; anything else: CSV. Both of those need a header row, and every row its
+    fields (``read_dicts``)."""
+    path = paths[0]
     suffix = path.suffix.lower()
+    if suffix in DATASET_SUFFIXES or path.name == "state.json" or path.is_dir():
+        from gptscale.tasks import datasets_io  # here, not on top: only these tables need the datasets library
+
+        return datasets_io.read_dataset_table(list(paths))
+    if len(paths) > 1:
+        raise TaskDataError(f"{path}: {len(paths)} files ({[p.name for p in paths]}) for one split; only parquet "
+                            f"/ arrow shards may be several: pass one CSV / TSV / JSON-lines file per split")
     if suffix in (".jsonl", ".json"):
-        return None, json_lines(path)
-    return read_dicts(path, "\t" if suffix == ".tsv" else ",")
+        return Table(str(path), None, json_lines(path))
+    return Table(str(path), *read_dicts(path, "\t" if suffix == ".tsv" else ","))
 
 
 # ---------------------------------------------------------------------------------------- task parsers
