@@ -155,8 +155,10 @@ class TrainConfig:
 
     run_dir: str = "runs/default"
     """One folder per run: resolved config, logs, TensorBoard events and checkpoints."""
+    init: str = ""
+    """Continue pre-training from: HF/export/run/checkpoint folder or Hub id (gives model.*); ''/'none': random."""
     ds_config: str = "ds_configs/zero2.json"
-    """DeepSpeed-only settings (ZeRO stage, offload); batch, lr and precision come from this config."""
+    """DeepSpeed JSON: a shipped one by name (zero2, zero3_offload_smoke, ...) or a path; "auto" values filled."""
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     """Training precision (fp16 uses dynamic loss scaling)."""
     compile: bool = False
@@ -240,7 +242,7 @@ class FinetuneConfig:
     """Folder with the task's local files (GLUE TSV layout etc.); empty: ../shared/data. Missing files
     fall back to the task's Hub dataset when online."""
     init: str = ""
-    """Pre-training run, checkpoint, export folder or local HF folder to start from; 'none': scratch."""
+    """Pre-training run, checkpoint, export or HF folder, or Hub id to start from; 'none': scratch."""
     lr: float = 6.25e-5
     """Peak learning rate (GPT-1: 6.25e-5)."""
     batch_size: int = 32

@@ -289,6 +289,7 @@ SHORT_FLAGS: dict[str, str] = {
 
 TRAIN_KEYS_NOT_READ: dict[str, str] = {
     "lr": "finetune.lr", "micro_batch_size": "finetune.micro_batch_size", "seed": "finetune.seed",
+    "init": "finetune.init (--init)",
     "weight_decay": "finetune.weight_decay", "grad_clip": "finetune.grad_clip",
     "warmup_steps": "finetune.warmup_fraction", "max_steps": "finetune.epochs", "max_tokens": "finetune.epochs",
     "grad_accum_steps": "finetune.batch_size (accumulation is batch_size / (micro_batch_size x ranks))",

@@ -3,7 +3,7 @@
     deepspeed --num_gpus 8 gptscale/pretrain.py --config run.yaml [--section.key=value ...] [--resume auto]
     torchrun --nproc_per_node 8 gptscale/pretrain.py --config run.yaml
     srun python gptscale/pretrain.py --config run.yaml          (env derived from SLURM_*)
-    gptscale pretrain --config run.yaml
+    gptscale pretrain --config run.yaml --train.init=openai-community/gpt2   (continued pre-training; with_init)
 
 One run directory (train.run_dir) holds config.yaml, train.log, metrics.jsonl, tb/ (TensorBoard) and
 checkpoints/. What the loop shares with fine-tuning (start-up, engine, checkpoints, monitor, preemption,
@@ -13,6 +13,7 @@ the CLI error policy) lives in gptscale/runtime/.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -23,10 +24,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gptscale.config import RunConfig, load_config
+from gptscale.config import ModelConfig, RunConfig, from_dict, load_config_and_keys
 from gptscale.data import ShardLoader, ShardStream
 from gptscale.data.manifest import read_manifest
 from gptscale.errors import GptscaleError
+from gptscale.init_source import InitError, Source, check_tokenizer, explicit_keys, model_in_effect, open_source
 from gptscale.model import GPT
 from gptscale.runtime import checkpoint, faults
 from gptscale.runtime.dist import device, print0
@@ -54,11 +56,13 @@ def parse_sources(spec: str) -> dict[str, float]:
     return out
 
 
-def check_data(cfg: RunConfig) -> tuple[dict[str, float], dict[str, dict]]:
-    """Shapes and vocabularies agree before any compute (seq_len, context, tokenizer).
-    Returns the mixing weights and each source's manifest."""
+def check_data(cfg: RunConfig, init: Source | None = None) -> tuple[dict[str, float], dict[str, dict]]:
+    """Shapes and vocabularies agree before any compute (seq_len, context, tokenizer; with `init`, also with
+    the model to start from). Returns the mixing weights and each source's manifest."""
     sources = parse_sources(cfg.data.shards)
     manifests = {uri: read_manifest(uri)[0] for uri in sources}
+    if init is not None:
+        check_init(init, manifests)
     for uri, m in manifests.items():
         if m["seq_len"] != cfg.data.seq_len:
             raise TrainingError(f"{uri}: shards hold seq_len {m['seq_len']} but data.seq_len={cfg.data.seq_len}; "
@@ -75,6 +79,61 @@ def check_data(cfg: RunConfig) -> tuple[dict[str, float], dict[str, dict]]:
     if cfg.data.seq_len > cfg.model.n_ctx:
         raise TrainingError(f"data.seq_len={cfg.data.seq_len} exceeds the model context model.n_ctx={cfg.model.n_ctx}")
     return sources, manifests
+
+
+def check_init(source: Source, manifests: dict[str, dict]) -> None:
+    """The init fits the shards: they were written with the tokenizer it was trained with (where both record
+    its hash), its vocabulary covers that tokenizer's and its context the shards' sequence length."""
+    init, mc = f"train.init={source.spec}", source.model
+    for uri, m in manifests.items():
+        tok = m["tokenizer"]
+        what = f"data.shards {uri}: tokenizer {tok.get('path')} (sha256 {str(tok.get('hash'))[:12]}...)"
+        check_tokenizer(source, {tok.get("hash")}, what, f"Continue on shards written with the tokenizer of {init} "
+                        f"(`gptscale shard --tokenizer <it>`), or pick another --train.init")
+        if tok["vocab_size"] > mc.vocab_size:
+            raise InitError(f"{what} has {tok['vocab_size']} ids but {init} has model.vocab_size {mc.vocab_size}: "
+                            f"ids past its embedding table. Re-shard with its tokenizer, or pick another --train.init")
+        if m["seq_len"] > mc.n_ctx:
+            raise InitError(f"data.shards {uri}: seq_len {m['seq_len']} exceeds the context of {init} (model.n_ctx "
+                            f"{mc.n_ctx}); re-shard with `gptscale shard --seq-len {mc.n_ctx}` (or less)")
+
+
+def with_init(cfg: RunConfig, given: set[str], resume: str) -> tuple[RunConfig, Source | None]:
+    """`cfg` with the model config in effect under train.init, and the source to take the weights from (None:
+    a random init). A resume keeps its checkpoint's model config and weights: the init is not read (None).
+    `given`: the dotted keys the command line set (explicit model.* keys are checked against the source)."""
+    if cfg.train.init in ("", "none"):
+        return cfg, None
+    explicit = explicit_keys(given, cfg.model.preset)
+    resumed = resume_model(cfg, resume)
+    if resumed is not None:  # an explicit key that differs is resume.check's error (a fixed key)
+        return dataclasses.replace(cfg, model=dataclasses.replace(
+            resumed, **{k: getattr(cfg.model, k) for k in explicit})), None
+    source = open_source(cfg.train.init, "train.init")
+    model = model_in_effect(source.model, cfg.model, explicit, f"train.init={cfg.train.init}")
+    return dataclasses.replace(cfg, model=model), source
+
+
+def resume_model(cfg: RunConfig, resume: str) -> ModelConfig | None:
+    """The model config of the checkpoint `resume` will take (None: a fresh start), read before the run starts
+    (checkpoint.find, later, verifies it and falls back over corrupt ones: same run, same model config)."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        ckdir = Path(cfg.train.run_dir) / checkpoint.CHECKPOINTS
+        tags = checkpoint.complete_tags(ckdir)[::-1]
+    else:
+        try:
+            ckdir, tag = checkpoint.resolve(resume)
+        except checkpoint.CheckpointError as e:
+            raise checkpoint.CheckpointError(f"--resume {resume}: {e}") from None
+        tags = [tag]
+    for tag in tags:
+        try:
+            return from_dict(ModelConfig, checkpoint.read_meta(ckdir, tag)["model"], where=str(ckdir / tag))
+        except (GptscaleError, KeyError, TypeError, ValueError):
+            continue  # unreadable metadata: find() moves it aside and takes the previous one
+    return None
 
 
 def total_steps(cfg: RunConfig, world: int) -> int:
@@ -188,14 +247,16 @@ class Loop:
     """Extra gptscale.json keys of every checkpoint (tokenizer hash, resume history)."""
 
 
-def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
-    """Train per `cfg`; returns the final step's metrics (on every rank)."""
+def main(cfg: RunConfig, resume: str = "auto", given: set[str] | None = None) -> dict[str, Any]:
+    """Train per `cfg`; returns the final step's metrics (on every rank). `given`: the dotted keys set by the
+    command line or config file (with train.init, explicit model.* keys must agree with the init)."""
     preempt = Preemption()  # first: a USR2 during setup (engine build, checkpoint load) is acted on after step 1
-    sources, manifests = check_data(cfg)
-    ds = load_ds_config(cfg.train.ds_config)
+    cfg, init = with_init(cfg, given or set(), resume)
+    sources, manifests = check_data(cfg, init)
+    ds = load_ds_config(cfg.train.ds_config, cfg.train)  # every conflict with the run config, before the run folder
     run = start_run(cfg)
     try:
-        loop = setup(cfg, run, resume, sources, manifests, zero_stage(ds))
+        loop = setup(cfg, run, resume, sources, manifests, zero_stage(ds), init)
         run.monitor.log(f"gptscale pretrain: {loop.n_params / 1e6:.2f}M params, ZeRO-{zero_stage(ds)}, "
                         f"{cfg.train.precision}, optimizer {optimizer_name(loop.engine)}, world {run.world}, global "
                         f"batch {loop.tokens_per_step // cfg.data.seq_len} x {cfg.data.seq_len} tokens, "
@@ -210,13 +271,14 @@ def main(cfg: RunConfig, resume: str = "auto") -> dict[str, Any]:
 
 
 def setup(cfg: RunConfig, run: Run, resume: str, sources: dict[str, float], manifests: dict[str, dict],
-          stage: int) -> Loop:
-    """Model, engine and streams, resumed from `resume`'s checkpoint when there is one (see resume_point)."""
+          stage: int, init: Source | None = None) -> Loop:
+    """Model, engine and streams, resumed from `resume`'s checkpoint when there is one (see resume_point), else
+    from `init`'s weights when given (see with_init), else a random init."""
     steps_total = total_steps(cfg, run.world)
     torch.manual_seed(cfg.train.seed)
-    model = GPT(cfg.model)
-    n_params, flops_tok = model.num_params(), model.flops_per_token(cfg.data.seq_len)  # before ZeRO-3 partitions
     found, meta = resume_point(cfg, run, resume, stage)
+    model = initial_model(cfg, run, init if not found else None, found)
+    n_params, flops_tok = model.num_params(), model.flops_per_token(cfg.data.seq_len)  # before ZeRO-3 partitions
     elastic = bool(found) and meta["world_size"] != run.world
     if elastic:  # written by another world size: through DeepSpeed's universal checkpoint
         checkpoint.to_universal(*found)
@@ -236,6 +298,19 @@ def setup(cfg: RunConfig, run: Run, resume: str, sources: dict[str, float], mani
         loader.load_state_dict(client["data"])
         run.monitor.log(f"resumed from {found[0] / found[1]} at step {loop.step} ({loop.tokens:,} tokens)")
     return loop
+
+
+def initial_model(cfg: RunConfig, run: Run, init: Source | None, found: tuple[Path, str] | None) -> GPT:
+    """The GPT to build the engine on: `init`'s weights, or a random init (a resume loads over it)."""
+    if found and cfg.train.init not in ("", "none"):
+        run.monitor.log(f"train.init={cfg.train.init} not read: resuming from {found[0] / found[1]} (its weights "
+                        f"and model config)")
+    if init is None:
+        return GPT(cfg.model)
+    model = init.load(cfg.model, verify=cfg.train.verify_checkpoint).train()
+    unchecked = "" if init.trained else " (it records no tokenizer: only the vocabulary size was checked)"
+    run.monitor.log(f"initialised from {init.describe()}{unchecked}")
+    return model
 
 
 def resume_point(cfg: RunConfig, run: Run, resume: str, stage: int) -> tuple[tuple[Path, str] | None, dict]:
@@ -308,14 +383,14 @@ def log_val(mon, step: int, loss: float) -> None:
 
 
 def cli(argv: list[str]) -> int:
-    def parse() -> tuple[RunConfig, str]:
-        cfg, rest = load_config(argv)
+    def parse() -> tuple[RunConfig, str, set[str]]:
+        cfg, rest, given = load_config_and_keys(argv)
         p = argparse.ArgumentParser(prog="gptscale pretrain", description=__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--resume", default="auto", help="'auto' (the run dir's latest checkpoint, if any), 'none', "
                        "or a run/checkpoint path")
         p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
-        return cfg, p.parse_args(rest).resume
+        return cfg, p.parse_args(rest).resume, given
 
     return run_entry_point("gptscale pretrain", lambda: main(*parse()))
 

@@ -81,7 +81,7 @@ def test_bf16_two_ranks(tmp_path, shard_dir, tok_dir):
                       checkpoint_interval=100)
     launch(cfg)
     got = losses(tmp_path / "run")
-    assert sorted(got) == list(range(1, 7)) and all(l == l for l in got.values()) and got[6] < got[1]
+    assert sorted(got) == list(range(1, 7)) and all(x == x for x in got.values()) and got[6] < got[1]
 
 
 @pytest.mark.slow

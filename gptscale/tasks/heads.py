@@ -15,8 +15,6 @@ the first k blocks kept (`reinit_after`, paper Fig. 2 left).
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,15 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptscale.config import RunConfig
-from gptscale.errors import GptscaleError
-from gptscale.hf.convert import load_hf
+from gptscale.init_source import InitError, check_tokenizer, open_source
 from gptscale.model import GPT
-from gptscale.runtime.checkpoint import load_model
 from gptscale.tokenizer import Tokenizer
-
-
-class InitError(GptscaleError, ValueError):
-    """A fine-tuning init (model or tokenizer) that cannot be used; the message says what to pass."""
 
 
 class TaskModel(nn.Module):
@@ -86,30 +78,23 @@ def predictions(kind: str, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def load_init(cfg: RunConfig) -> tuple[GPT, Any]:
-    """(pre-trained GPT, tokenizer) from finetune.init: a run/checkpoint, an export or HF folder, or 'none'.
-    A foreign vocabulary without GPT-1's task tokens (e.g. GPT-2's) gets them as new ids, N(0, 0.02) rows."""
+    """(pre-trained GPT, tokenizer) from finetune.init: a run/checkpoint, an export or HF folder, a Hub id, or
+    'none' (gptscale.init_source finds and checks it). A foreign vocabulary without GPT-1's task tokens (e.g.
+    GPT-2's) gets them as new ids, N(0, 0.02) rows."""
     init = cfg.finetune.init
     if init in ("", "none"):
         if not cfg.data.tokenizer:
             raise InitError("--init none needs a tokenizer: pass --data.tokenizer=<tokenizer folder>")
         tok = Tokenizer.load(cfg.data.tokenizer)
         return GPT(dataclasses.replace(cfg.model, vocab_size=max(cfg.model.vocab_size, tok.vocab_size))), tok
-    p = Path(init)
-    if (p / "config.json").is_file():  # an export or any compatible HF folder
-        model, tok = load_hf(p), Tokenizer.load(cfg.data.tokenizer or p)
-        recorded = json.loads((p / "config.json").read_text()).get("gptscale") or {}
-        trained = {recorded.get("tokenizer_hash"), recorded.get("export_tokenizer_hash")} - {None}
-    else:
-        model, meta = load_model(p, verify=cfg.train.verify_checkpoint)
-        tok_dir = cfg.data.tokenizer or meta.get("tokenizer")
-        if not tok_dir:
-            raise InitError(f"{init}: the checkpoint records no tokenizer; pass --data.tokenizer=<folder>")
-        tok = Tokenizer.load(tok_dir)
-        trained = {meta["tokenizer_hash"]} if meta.get("tokenizer_hash") else set()
-    if trained and not trained & tok.hashes:
-        raise InitError(f"tokenizer {tok.path} (sha256 {tok.hash[:12]}...) is not the one {init} was trained with "
-                        f"(sha256 {sorted(trained)[0][:12]}...): its ids would mean other text. Pass "
-                        f"--data.tokenizer=<the pre-training tokenizer folder>")
+    source = open_source(init, "finetune.init")
+    tok_dir = cfg.data.tokenizer or source.tokenizer
+    if not tok_dir:
+        raise InitError(f"{init}: the checkpoint records no tokenizer; pass --data.tokenizer=<folder>")
+    tok = Tokenizer.load(tok_dir)
+    check_tokenizer(source, tok.hashes, f"tokenizer {tok.path} (sha256 {tok.hash[:12]}...)",
+                    "Pass --data.tokenizer=<the pre-training tokenizer folder>")
+    model = source.load(verify=cfg.train.verify_checkpoint)
     missing = tok.missing_task_specials()
     if missing:
         tok = tok.with_task_specials()
