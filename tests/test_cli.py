@@ -38,7 +38,7 @@ def test_config_keys_lists_docs():
 
 def test_presets_table():
     out = run("presets").stdout
-    line = next(l for l in out.splitlines() if l.startswith("gpt2-124m"))
+    line = next(x for x in out.splitlines() if x.startswith("gpt2-124m"))
     assert "124.4M" in line
 
 
