@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from gptscale.config import PRESETS, SECTIONS, dump_yaml, field_docs, load_config, model_config
@@ -85,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     module, _, func = COMMANDS[argv[0]].partition(":")
-    return run_cli(f"gptscale {argv[0]}", getattr(importlib.import_module(module), func), argv[1:])
+    try:
+        return run_cli(f"gptscale {argv[0]}", getattr(importlib.import_module(module), func), argv[1:])
+    except BrokenPipeError:  # `gptscale presets | head`: the reader left; no traceback (Python's signal docs)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a SIGPIPE'd command
 
 
 if __name__ == "__main__":

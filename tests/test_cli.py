@@ -98,3 +98,10 @@ def test_pretrain_and_finetune_run_from_a_directory_outside_the_checkout(tmp_pat
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert (work / "runs" / "pre" / "checkpoints" / "step_00000002" / "gptscale.json").is_file()
     assert (work / "runs" / "sst2" / "metrics.json").is_file() and (work / "runs" / "sst2" / "model" / "config.json").is_file()
+
+
+def test_output_into_a_closed_pipe_is_no_traceback():
+    """`gptscale presets | head -1`: the reader leaves early; gptscale stops quietly."""
+    cmd = " ".join(GPTSCALE) + " presets | head -1"
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert p.stdout.count("\n") == 1 and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
